@@ -1,0 +1,107 @@
+// Command sqlfs is a FUSE filesystem for SQLite that captures every commit as
+// an LTX file, and the tools to list and restore that history.
+//
+// Each subcommand lives in its own file (mount.go, ltx.go, restore.go) as a
+// run function that parses its flags and returns an error; main turns that
+// error into one line on stderr and an exit code.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `sqlfs - SQLite on FUSE with every commit captured, shipped and restorable
+
+Usage:
+  sqlfs mount   [-data DIR] MOUNTPOINT
+  sqlfs ltx     [-json] (-data DIR -db NAME | URL)
+  sqlfs restore -o PATH [-txid TXID] (-data DIR -db NAME | URL)
+
+Run 'sqlfs COMMAND -h' for the flags of one command.
+`
+
+// usageError marks a mistake in how sqlfs was called (exit code 2).
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes one command line and returns the process exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	cmd, rest := args[0], args[1:]
+	var err error
+	switch cmd {
+	case "mount":
+		err = runMount(ctx, rest, stdout, stderr)
+	case "ltx":
+		err = runLTX(ctx, rest, stdout, stderr)
+	case "restore":
+		err = runRestore(ctx, rest, stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "sqlfs: unknown command %q (want mount, ltx or restore)\n", cmd)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errFlagParse):
+		return 2 // the flag package already printed one line
+	default:
+		fmt.Fprintf(stderr, "sqlfs %s: %v\n", cmd, err)
+		var ue *usageError
+		if errors.As(err, &ue) {
+			return 2
+		}
+		return 1
+	}
+}
+
+// errFlagParse is returned by parseFlags when the flag package rejected the
+// arguments and has already said why on stderr.
+var errFlagParse = errors.New("bad flags")
+
+// newFlagSet returns a FlagSet that reports errors instead of exiting and
+// prints its messages to stderr.
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("sqlfs "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parseFlags parses args and maps flag errors to errFlagParse. The flag package
+// prints the offending flag and the command's usage.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errFlagParse
+	}
+	return nil
+}

@@ -1,0 +1,268 @@
+// Package ship moves LTX files between sqlfs and the places that keep them:
+// the local store in the data dir and replicas.
+//
+// A FileReplica is a directory laid out as DESIGN.md fixes it:
+//
+//	ROOT/<db>/<level %04x>/<min %016x>-<max %016x>.ltx
+//
+// The local store of a mount is a FileReplica rooted at DATA/ltx, so every
+// reader of history (restore, ltx, historical mounts) reads local history and
+// a file:// replica the same way.
+//
+// Invariant: a file under its final name is complete. Writers put the bytes in
+// a temporary file in the same directory and rename it, so a reader (or a crash)
+// never sees half an LTX file under a name that parses.
+package ship
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/superfly/ltx"
+	"golang.org/x/sys/unix"
+)
+
+// ErrNotFound is returned when a database or LTX file is not in the replica.
+var ErrNotFound = errors.New("not found")
+
+// Replica is the read side of a place that holds LTX history.
+type Replica interface {
+	// Databases lists the names of the databases that have history.
+	Databases(ctx context.Context) ([]string, error)
+	// LTXFiles lists one database's files at level, ordered by MinTXID then MaxTXID.
+	// Only Level, MinTXID, MaxTXID, Size and CreatedAt are filled in.
+	LTXFiles(ctx context.Context, db string, level int) ([]*ltx.FileInfo, error)
+	// OpenLTX opens one LTX file for reading.
+	OpenLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) (io.ReadCloser, error)
+}
+
+// LevelDir is the relative directory of one level of one database.
+func LevelDir(db string, level int) string {
+	return filepath.Join(db, fmt.Sprintf("%04x", level))
+}
+
+// LTXPath is the relative path of one LTX file.
+func LTXPath(db string, level int, minTXID, maxTXID ltx.TXID) string {
+	return filepath.Join(LevelDir(db, level), ltx.FormatFilename(minTXID, maxTXID))
+}
+
+// FileReplica keeps LTX files in a local directory.
+type FileReplica struct {
+	Root string
+
+	mu      sync.Mutex
+	made    map[string]bool // level directories known to exist
+	pending map[string]bool // directories holding files not yet fsynced
+}
+
+// NewFileReplica returns a replica rooted at dir. The directory need not exist.
+func NewFileReplica(dir string) *FileReplica {
+	return &FileReplica{Root: dir, made: map[string]bool{}, pending: map[string]bool{}}
+}
+
+var _ Replica = (*FileReplica)(nil)
+
+// Databases lists the database directories under the root.
+func (r *FileReplica) Databases(ctx context.Context) ([]string, error) {
+	ents, err := os.ReadDir(r.Root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(r.Root, LevelDir(e.Name(), 0))); err == nil {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
+}
+
+// LTXFiles lists a level's LTX files. A missing database or level is an empty list.
+func (r *FileReplica) LTXFiles(ctx context.Context, db string, level int) ([]*ltx.FileInfo, error) {
+	dir := filepath.Join(r.Root, LevelDir(db, level))
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	infos := make([]*ltx.FileInfo, 0, len(ents))
+	for _, e := range ents {
+		minTXID, maxTXID, err := ltx.ParseFilename(e.Name())
+		if err != nil {
+			continue // temporary files and strangers
+		}
+		fi, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed while listing
+		} else if err != nil {
+			return nil, err
+		}
+		infos = append(infos, &ltx.FileInfo{
+			Level: level, MinTXID: minTXID, MaxTXID: maxTXID,
+			Size: fi.Size(), CreatedAt: fi.ModTime().UTC(),
+		})
+	}
+	sort.Slice(infos, func(i, j int) bool {
+		if infos[i].MinTXID != infos[j].MinTXID {
+			return infos[i].MinTXID < infos[j].MinTXID
+		}
+		return infos[i].MaxTXID < infos[j].MaxTXID
+	})
+	return infos, nil
+}
+
+// OpenLTX opens one file. A missing file is ErrNotFound.
+func (r *FileReplica) OpenLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) (io.ReadCloser, error) {
+	f, err := os.Open(filepath.Join(r.Root, LTXPath(db, level, minTXID, maxTXID)))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", LTXPath(db, level, minTXID, maxTXID), ErrNotFound)
+	}
+	return f, err
+}
+
+// WriteLTX stores data as one LTX file: temp file, rename. When sync is true
+// the file and its directory are fsynced before WriteLTX returns; otherwise
+// the directory is remembered and a later Sync makes it durable.
+func (r *FileReplica) WriteLTX(db string, level int, minTXID, maxTXID ltx.TXID, data []byte, sync bool) error {
+	rel := LTXPath(db, level, minTXID, maxTXID)
+	dir := filepath.Join(r.Root, filepath.Dir(rel))
+	r.mu.Lock()
+	made := r.made[dir]
+	r.mu.Unlock()
+	if !made {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if err := syncDir(filepath.Dir(dir)); err != nil {
+			return err
+		}
+		r.mu.Lock()
+		r.made[dir] = true
+		r.mu.Unlock()
+	}
+	final := filepath.Join(r.Root, rel)
+	tmp := final + ".tmp"
+	fd, err := unix.Open(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return &os.PathError{Op: "create", Path: tmp, Err: err}
+	}
+	for off := 0; off < len(data); {
+		n, err := unix.Write(fd, data[off:])
+		if err != nil {
+			unix.Close(fd)
+			unix.Unlink(tmp)
+			return &os.PathError{Op: "write", Path: tmp, Err: err}
+		}
+		off += n
+	}
+	if sync {
+		if err := unix.Fdatasync(fd); err != nil {
+			unix.Close(fd)
+			unix.Unlink(tmp)
+			return &os.PathError{Op: "fsync", Path: tmp, Err: err}
+		}
+	}
+	if err := unix.Close(fd); err != nil {
+		unix.Unlink(tmp)
+		return &os.PathError{Op: "close", Path: tmp, Err: err}
+	}
+	if err := unix.Rename(tmp, final); err != nil {
+		unix.Unlink(tmp)
+		return &os.PathError{Op: "rename", Path: final, Err: err}
+	}
+	if sync {
+		return syncDir(dir)
+	}
+	r.mu.Lock()
+	r.pending[dir] = true
+	r.mu.Unlock()
+	return nil
+}
+
+// Sync makes every file written so far durable. It flushes the filesystem
+// that holds the root (one syncfs instead of an fsync per file), then the
+// directories that gained entries.
+func (r *FileReplica) Sync() error {
+	r.mu.Lock()
+	if len(r.pending) == 0 {
+		r.mu.Unlock()
+		return nil
+	}
+	dirs := r.pending
+	r.pending = map[string]bool{}
+	r.mu.Unlock()
+
+	fd, err := unix.Open(r.Root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		r.requeue(dirs)
+		return &os.PathError{Op: "open", Path: r.Root, Err: err}
+	}
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
+		r.requeue(dirs)
+		return &os.PathError{Op: "syncfs", Path: r.Root, Err: err}
+	}
+	return nil
+}
+
+func (r *FileReplica) requeue(dirs map[string]bool) {
+	r.mu.Lock()
+	for d := range dirs {
+		r.pending[d] = true
+	}
+	r.mu.Unlock()
+}
+
+// RemoveTemp deletes leftovers of interrupted writes under one database.
+func (r *FileReplica) RemoveTemp(db string) error {
+	dir := filepath.Join(r.Root, LevelDir(db, 0))
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".tmp") {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Remove deletes one LTX file (used to drop a torn file found at startup).
+func (r *FileReplica) Remove(db string, level int, minTXID, maxTXID ltx.TXID) error {
+	err := os.Remove(filepath.Join(r.Root, LTXPath(db, level, minTXID, maxTXID)))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+func syncDir(dir string) error {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(fd)
+	if err := unix.Fsync(fd); err != nil {
+		return &os.PathError{Op: "fsync", Path: dir, Err: err}
+	}
+	return nil
+}
