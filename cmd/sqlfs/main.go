@@ -70,8 +70,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
-	case errors.Is(err, errFlagParse):
-		return 2 // the flag package already printed one line
 	default:
 		fmt.Fprintf(stderr, "sqlfs %s: %v\n", cmd, err)
 		var ue *usageError
@@ -82,26 +80,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// errFlagParse is returned by parseFlags when the flag package rejected the
-// arguments and has already said why on stderr.
-var errFlagParse = errors.New("bad flags")
-
-// newFlagSet returns a FlagSet that reports errors instead of exiting and
-// prints its messages to stderr.
+// newFlagSet returns a FlagSet that reports errors instead of exiting or
+// printing: the caller turns them into one line.
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("sqlfs "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	return fs
 }
 
-// parseFlags parses args and maps flag errors to errFlagParse. The flag package
-// prints the offending flag and the command's usage.
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errFlagParse
+// parseFlags parses args. -h prints the command's flags to stdout and returns
+// flag.ErrHelp; any other flag error becomes a usage error (one line, exit 2).
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(stdout)
+		fmt.Fprintf(stdout, "Usage of %s:\n", fs.Name())
+		fs.PrintDefaults()
+		return err
+	} else if err != nil {
+		return &usageError{msg: err.Error()}
 	}
 	return nil
 }
