@@ -3,9 +3,350 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/superfly/ltx"
+	"golang.org/x/sys/unix"
+
+	sqlfuse "github.com/sqlfs/sqlfs/fuse"
+	"github.com/sqlfs/sqlfs/pager"
+	"github.com/sqlfs/sqlfs/ship"
 )
 
+const defaultDataDir = "/var/lib/sqlfs"
+
+// dataDir is the layout of a mount's data directory.
+type dataDir struct{ path string }
+
+func (d dataDir) root() string  { return filepath.Join(d.path, "root") }  // backing files
+func (d dataDir) ltx() string   { return filepath.Join(d.path, "ltx") }   // local history (a file replica)
+func (d dataDir) state() string { return filepath.Join(d.path, "state") } // page checksums saved at unmount
+
 func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("not implemented")
+	fset := newFlagSet("mount", stderr)
+	data := fset.String("data", defaultDataDir, "data directory: backing files and local history")
+	verbose := fset.Bool("v", false, "log every capture event (debug)")
+	fuseDebug := fset.Bool("fuse-debug", false, "log every FUSE request")
+	cpuProfile := fset.String("cpuprofile", "", "write a CPU profile to this file until unmount")
+	if err := parseFlags(fset, args, stdout); err != nil {
+		return err
+	}
+	if fset.NArg() != 1 {
+		return usagef("want exactly one mount point, got %d arguments", fset.NArg())
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	mnt, err := filepath.Abs(fset.Arg(0))
+	if err != nil {
+		return err
+	}
+	dir, err := filepath.Abs(*data)
+	if err != nil {
+		return err
+	}
+	if err := checkMountPoint(mnt, log); err != nil {
+		return err
+	}
+	dd := dataDir{dir}
+	unlock, err := prepareDataDir(dd)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	store := ship.NewFileReplica(dd.ltx())
+	openDB := func(name string) (*pager.DB, error) {
+		return openCapture(dd, store, name, log)
+	}
+	live := sqlfuse.NewLive(dd.root(), openDB)
+	defer closeCaptures(live, dd, log)
+
+	// Bring every known database's history up to date before anyone can
+	// write: snapshots for new ones, commits left in a WAL by a crash.
+	names, err := knownDatabases(ctx, dd, store)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		db, err := openDB(name)
+		if err != nil {
+			return err
+		}
+		live.Add(db)
+	}
+
+	root, err := live.Root()
+	if err != nil {
+		return err
+	}
+	server, err := sqlfuse.Mount(mnt, root, dd.root(), *fuseDebug)
+	if err != nil {
+		return fmt.Errorf("mount %s: %v", mnt, err)
+	}
+	log.Info("mounted", "mountpoint", mnt, "data", dir, "databases", len(names))
+
+	done := make(chan struct{})
+	go func() { server.Wait(); close(done) }()
+	select {
+	case <-done:
+		log.Info("unmounted from outside", "mountpoint", mnt)
+	case <-ctx.Done():
+		unmount(server, mnt, done, log)
+	}
+	return nil
+}
+
+// unmount takes the mount down, waiting a while for applications to close
+// their files before detaching it.
+func unmount(server interface{ Unmount() error }, mnt string, done <-chan struct{}, log *slog.Logger) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := server.Unmount()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			log.Warn("mount still busy; detaching it", "mountpoint", mnt, "err", err)
+			unix.Unmount(mnt, unix.MNT_DETACH)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		log.Warn("FUSE server did not stop in time", "mountpoint", mnt)
+	}
+	log.Info("unmounted", "mountpoint", mnt)
+}
+
+// checkMountPoint accepts an existing directory that is not mounted, and
+// clears a mount left behind by a sqlfs process that died.
+func checkMountPoint(mnt string, log *slog.Logger) error {
+	mounted, fstype := mountedAt(mnt)
+	if mounted {
+		_, err := os.Stat(mnt)
+		if errors.Is(err, syscall.ENOTCONN) && strings.HasPrefix(fstype, "fuse") {
+			log.Warn("clearing stale mount left by a previous sqlfs", "mountpoint", mnt)
+			if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
+				return fmt.Errorf("mount point %s: clearing stale mount: %v", mnt, err)
+			}
+		} else {
+			return fmt.Errorf("mount point %s is busy: something (%s) is already mounted there", mnt, fstype)
+		}
+	}
+	fi, err := os.Stat(mnt)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("mount point %s does not exist", mnt)
+	} else if err != nil {
+		return fmt.Errorf("mount point %s: %v", mnt, err)
+	} else if !fi.IsDir() {
+		return fmt.Errorf("mount point %s is not a directory", mnt)
+	}
+	return nil
+}
+
+// mountedAt reports whether something is mounted exactly at dir, and its type.
+func mountedAt(dir string) (bool, string) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false, ""
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 10 || unescapeMount(f[4]) != dir {
+			continue
+		}
+		for i, x := range f {
+			if x == "-" && i+1 < len(f) {
+				return true, f[i+1]
+			}
+		}
+		return true, ""
+	}
+	return false, ""
+}
+
+func unescapeMount(s string) string {
+	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	return r.Replace(s)
+}
+
+// prepareDataDir creates the layout, checks it is writable and takes the
+// data dir's lock so that two mounts cannot capture the same files.
+func prepareDataDir(dd dataDir) (unlock func(), err error) {
+	for _, d := range []string{dd.root(), dd.ltx(), dd.state()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("data dir %s: %v", dd.path, unwrapPathError(err))
+		}
+	}
+	probe, err := os.CreateTemp(dd.ltx(), ".probe-*")
+	if err != nil {
+		return nil, fmt.Errorf("data dir %s is not writable: %v", dd.path, unwrapPathError(err))
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+
+	lf, err := os.OpenFile(filepath.Join(dd.path, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("data dir %s: %v", dd.path, unwrapPathError(err))
+	}
+	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("data dir %s is in use by another sqlfs mount", dd.path)
+	}
+	return func() { lf.Close() }, nil
+}
+
+func unwrapPathError(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// knownDatabases lists the databases to start capture for at mount: every
+// SQLite file in the root and every database with history.
+func knownDatabases(ctx context.Context, dd dataDir, store *ship.FileReplica) ([]string, error) {
+	seen := map[string]bool{}
+	var names []string
+	ents, err := os.ReadDir(dd.root())
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ents {
+		if !e.Type().IsRegular() || !isSQLiteFile(filepath.Join(dd.root(), e.Name())) {
+			continue
+		}
+		seen[e.Name()] = true
+		names = append(names, e.Name())
+	}
+	hist, err := store.Databases(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list history: %w", err)
+	}
+	for _, name := range hist {
+		if !seen[name] {
+			names = append(names, name)
+		}
+	}
+	return names, nil
+}
+
+func isSQLiteFile(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	b := make([]byte, pager.DBHeaderSize)
+	if _, err := io.ReadFull(f, b); err != nil {
+		return false
+	}
+	return pager.IsDBHeader(b)
+}
+
+// openCapture starts capture of one database at the end of its history.
+func openCapture(dd dataDir, store *ship.FileReplica, name string, log *slog.Logger) (*pager.DB, error) {
+	ctx := context.Background()
+	if err := store.RemoveTemp(name); err != nil {
+		return nil, err
+	}
+	last, err := lastFile(ctx, store, name)
+	if err != nil {
+		return nil, err
+	}
+	return pager.Open(pager.Config{
+		Name:      name,
+		Path:      filepath.Join(dd.root(), name),
+		Sink:      storeSink{store, name},
+		Log:       log,
+		Last:      last,
+		StatePath: filepath.Join(dd.state(), name),
+	})
+}
+
+// lastFile reads the header and trailer of the newest level-0 LTX file.
+func lastFile(ctx context.Context, store *ship.FileReplica, name string) (*pager.LastFile, error) {
+	files, err := store.LTXFiles(ctx, name, 0)
+	if err != nil {
+		return nil, fmt.Errorf("history of %s: %w", name, err)
+	}
+	if len(files) == 0 {
+		return nil, nil
+	}
+	info := files[len(files)-1]
+	path := filepath.Join(store.Root, ship.LTXPath(name, 0, info.MinTXID, info.MaxTXID))
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var last pager.LastFile
+	hb := make([]byte, ltx.HeaderSize)
+	tb := make([]byte, ltx.TrailerSize)
+	if _, err := f.ReadAt(hb, 0); err != nil {
+		return nil, fmt.Errorf("history file %s: %v", path, err)
+	}
+	if _, err := f.ReadAt(tb, info.Size-ltx.TrailerSize); err != nil {
+		return nil, fmt.Errorf("history file %s: %v", path, err)
+	}
+	if err := last.Header.UnmarshalBinary(hb); err != nil {
+		return nil, fmt.Errorf("history file %s is corrupt: %v", path, err)
+	}
+	if err := last.Trailer.UnmarshalBinary(tb); err != nil {
+		return nil, fmt.Errorf("history file %s is corrupt: %v", path, err)
+	}
+	if err := last.Header.Validate(); err != nil {
+		return nil, fmt.Errorf("history file %s is corrupt: %v", path, err)
+	}
+	if err := last.Trailer.Validate(last.Header); err != nil {
+		return nil, fmt.Errorf("history file %s is corrupt: %v", path, err)
+	}
+	return &last, nil
+}
+
+// storeSink puts one database's LTX files in the local store.
+type storeSink struct {
+	store *ship.FileReplica
+	db    string
+}
+
+func (s storeSink) WriteLTX(minTXID, maxTXID ltx.TXID, write func(io.Writer) error, durable bool) error {
+	return s.store.CreateLTX(s.db, 0, minTXID, maxTXID, write, durable)
+}
+
+func (s storeSink) Sync() error { return s.store.Sync() }
+
+// closeCaptures saves each database's page checksums for the next mount.
+func closeCaptures(live *sqlfuse.Live, dd dataDir, log *slog.Logger) {
+	for _, db := range live.DBs() {
+		if err := db.Close(filepath.Join(dd.state(), db.Name())); err != nil {
+			log.Warn("saving page checksums", "db", db.Name(), "err", err)
+		}
+	}
 }

@@ -1,0 +1,84 @@
+package fuse
+
+import (
+	"context"
+	"os"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/sqlfs/sqlfs/pager"
+)
+
+// handle is an open captured file: a loopback file whose writes, syncs and
+// closes are reported to pager after they reached the backing file.
+type handle struct {
+	*fs.LoopbackFile
+	db   *pager.DB
+	kind pager.FileKind
+}
+
+var (
+	_ = (fs.FileWriter)((*handle)(nil))
+	_ = (fs.FileFsyncer)((*handle)(nil))
+	_ = (fs.FileFlusher)((*handle)(nil))
+	_ = (fs.FilePassthroughFder)((*handle)(nil))
+)
+
+func newHandle(fd int, db *pager.DB, kind pager.FileKind) *handle {
+	return wrapHandle(fs.NewLoopbackFileFromOS(os.NewFile(uintptr(fd), "")), db, kind)
+}
+
+func wrapHandle(lf *fs.LoopbackFile, db *pager.DB, kind pager.FileKind) *handle {
+	return &handle{LoopbackFile: lf, db: db, kind: kind}
+}
+
+// openFlags asks the kernel to send the journals' writes as SQLite made
+// them (no splitting at page-cache boundaries, no caching); the database
+// file keeps the page cache so reads stay fast.
+func openFlags(kind pager.FileKind) uint32 {
+	if kind == pager.FileDB {
+		return 0
+	}
+	return fuse.FOPEN_DIRECT_IO
+}
+
+// PassthroughFd refuses passthrough: the kernel would write the backing file
+// without telling us.
+func (h *handle) PassthroughFd() (int, bool) { return -1, false }
+
+func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	n, errno := h.LoopbackFile.Write(ctx, data, off)
+	if errno != 0 {
+		return n, errno
+	}
+	if err := h.db.Write(h.kind, data[:n], off); err != nil {
+		return 0, syscall.EIO
+	}
+	return n, 0
+}
+
+func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if errno := h.LoopbackFile.Fsync(ctx, flags); errno != 0 {
+		return errno
+	}
+	if err := h.db.Sync(h.kind); err != nil {
+		return syscall.EIO
+	}
+	return 0
+}
+
+// Flush comes with every close(2): a database written by something other
+// than SQLite is captured then, before close returns.
+func (h *handle) Flush(ctx context.Context) syscall.Errno {
+	if errno := h.LoopbackFile.Flush(ctx); errno != 0 {
+		return errno
+	}
+	if h.kind == pager.FileDB {
+		if err := h.db.Closed(); err != nil {
+			return syscall.EIO
+		}
+	}
+	return 0
+}
