@@ -21,8 +21,8 @@ const usage = `sqlfs - SQLite on FUSE with every commit captured, shipped and re
 
 Usage:
   sqlfs mount   [-data DIR] MOUNTPOINT
-  sqlfs ltx     [-json] (-data DIR -db NAME | URL)
-  sqlfs restore -o PATH [-txid TXID] (-data DIR -db NAME | URL)
+  sqlfs ltx     [-json] [-data DIR] [-db NAME] [URL]
+  sqlfs restore -o PATH [-txid TXID] [-data DIR] [-db NAME] [URL]
 
 Run 'sqlfs COMMAND -h' for the flags of one command.
 `

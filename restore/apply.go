@@ -1,0 +1,253 @@
+package restore
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+
+	"github.com/sqlfs/sqlfs/ship"
+	"github.com/superfly/ltx"
+)
+
+// apply writes the database that plan (oldest file first) describes into out
+// and returns what it wrote.
+//
+// It reads the files newest first, so every page is written once, by the
+// newest file that has it. Invariant: a page P is written only if no newer
+// file wrote it and P <= limit, the smallest Commit among the files read so
+// far: a commit that truncated the database below P discarded every older
+// version of P, so if a later commit grew the database again without writing
+// P, P is zeros. The walk stops as soon as every page up to limit is written,
+// because older files can add nothing; files not read are not verified, but
+// the result is, against the newest file's post-apply checksum. A file whose
+// page size differs from the final database's ends the walk the same way: the
+// page-size change rewrote every page of the new database.
+func apply(ctx context.Context, r ship.Replica, db string, plan []*ltx.FileInfo, out *os.File) (*Result, error) {
+	var (
+		pw    *pageWriter
+		res   *Result
+		last  *ltxFile // the newest file: its post-apply checksum is the target
+		newer *ltxFile // the file read just before f, one TXID range later
+	)
+	for i := len(plan) - 1; i >= 0; i-- {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		f, err := openLTX(ctx, r, db, plan[i])
+		if err != nil {
+			return nil, err
+		}
+		if pw == nil {
+			pw = newPageWriter(out, f.hdr.PageSize, f.hdr.Commit)
+			res = &Result{TXID: f.hdr.MaxTXID, PageSize: f.hdr.PageSize, Commit: f.hdr.Commit}
+			last = f
+		} else if f.hdr.PageSize != pw.pageSize {
+			f.rc.Close()
+			break
+		}
+		err = f.applyTo(ctx, pw)
+		f.rc.Close()
+		if err != nil {
+			return nil, err
+		}
+		if newer != nil && !newer.hdr.NoChecksum() && !f.hdr.NoChecksum() &&
+			newer.hdr.PreApplyChecksum != f.trailer.PostApplyChecksum {
+			return nil, errorf(ErrChecksumMismatch, "%s: pre-apply checksum %s does not match post-apply checksum %s of %s",
+				newer.path, newer.hdr.PreApplyChecksum, f.trailer.PostApplyChecksum, f.path)
+		}
+		newer = f
+		if pw.complete() {
+			break
+		}
+	}
+
+	sum, err := pw.finish()
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w", db, err)
+	}
+	if !last.hdr.NoChecksum() && sum != last.trailer.PostApplyChecksum {
+		return nil, errorf(ErrChecksumMismatch, "%s: restored database has checksum %s, not the post-apply checksum %s",
+			last.path, sum, last.trailer.PostApplyChecksum)
+	}
+	res.Checksum = sum
+	res.Bytes = int64(res.Commit) * int64(res.PageSize)
+	return res, nil
+}
+
+// ltxFile is one LTX file being read: its header is decoded when it is
+// opened, its trailer once applyTo has verified the whole file.
+type ltxFile struct {
+	path    string // relative to the replica, for messages
+	rc      io.ReadCloser
+	dec     *ltx.Decoder
+	hdr     ltx.Header
+	trailer ltx.Trailer
+}
+
+func openLTX(ctx context.Context, r ship.Replica, db string, fi *ltx.FileInfo) (*ltxFile, error) {
+	rc, err := r.OpenLTX(ctx, db, fi.Level, fi.MinTXID, fi.MaxTXID)
+	if err != nil {
+		return nil, fmt.Errorf("read history of %s: %w", db, err)
+	}
+	f := &ltxFile{path: ship.LTXPath(db, fi.Level, fi.MinTXID, fi.MaxTXID), rc: rc}
+	f.dec = ltx.NewDecoder(bufio.NewReaderSize(rc, 256<<10))
+	f.dec.SetRetainPageIndex(false)
+	if err := f.dec.DecodeHeader(); err != nil {
+		rc.Close()
+		return nil, f.corrupt(fmt.Errorf("header: %w", err))
+	}
+	f.hdr = f.dec.Header()
+	if f.hdr.MinTXID != fi.MinTXID || f.hdr.MaxTXID != fi.MaxTXID {
+		rc.Close()
+		return nil, f.corrupt(fmt.Errorf("header holds txids %s through %s", f.hdr.MinTXID, f.hdr.MaxTXID))
+	}
+	return f, nil
+}
+
+// applyTo decodes every page of the file, hands each to pw, and verifies the
+// file checksum in the trailer.
+func (f *ltxFile) applyTo(ctx context.Context, pw *pageWriter) error {
+	pw.setCommit(f.hdr.Commit)
+	data := make([]byte, f.hdr.PageSize)
+	var ph ltx.PageHeader
+	for n := 0; ; n++ {
+		if n%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		err := f.dec.DecodePage(&ph, data)
+		if err == io.EOF {
+			break
+		} else if err != nil {
+			return f.corrupt(fmt.Errorf("page %d: %w", n+1, err))
+		}
+		if err := pw.put(ph.Pgno, data); err != nil {
+			return err
+		}
+	}
+	if err := f.dec.Close(); err != nil {
+		return f.corrupt(err)
+	}
+	f.trailer = f.dec.Trailer()
+	return nil
+}
+
+func (f *ltxFile) corrupt(err error) error {
+	return &kindError{kind: ErrCorrupt, cause: err, msg: fmt.Sprintf("%s: corrupt LTX file: %v", f.path, err)}
+}
+
+// maxRun is the most bytes of contiguous pages pageWriter gathers into one write.
+const maxRun = 1 << 20
+
+// pageWriter places pages in the output file, records which pages it has
+// written, and folds each into the database checksum. Pages that arrive in
+// order (as they do within one file) are gathered into one write.
+type pageWriter struct {
+	out       *os.File
+	pageSize  uint32
+	commit    uint32   // final database size in pages
+	lockPgno  uint32   // never written: zeros in the output
+	limit     uint32   // smallest Commit seen; pages above it are not written
+	written   []uint64 // bit pgno-1 is set once page pgno is written
+	firstHole uint64   // every page below it is written (or is the lock page)
+	sum       ltx.Checksum
+	hasher    hash.Hash64
+
+	runStart uint32 // pgno of the first page in run
+	run      []byte // pages not yet written to out
+}
+
+func newPageWriter(out *os.File, pageSize, commit uint32) *pageWriter {
+	return &pageWriter{
+		out:       out,
+		pageSize:  pageSize,
+		commit:    commit,
+		lockPgno:  ltx.LockPgno(pageSize),
+		limit:     commit,
+		written:   make([]uint64, (uint64(commit)+63)/64),
+		firstHole: 1,
+		sum:       ltx.ChecksumFlag,
+		hasher:    ltx.NewHasher(),
+	}
+}
+
+func (w *pageWriter) has(pgno uint32) bool {
+	return w.written[(pgno-1)/64]&(1<<((pgno-1)%64)) != 0
+}
+
+// setCommit lowers the limit to the Commit of the next (older) file.
+func (w *pageWriter) setCommit(commit uint32) { w.limit = min(w.limit, commit) }
+
+// put writes page pgno unless a newer file wrote it or a truncation since
+// the current file removed it.
+func (w *pageWriter) put(pgno uint32, data []byte) error {
+	if pgno == 0 || pgno > w.limit || pgno == w.lockPgno || w.has(pgno) {
+		return nil
+	}
+	next := w.runStart + uint32(len(w.run))/w.pageSize
+	if len(w.run) > 0 && (pgno != next || len(w.run)+len(data) > maxRun) {
+		if err := w.flush(); err != nil {
+			return err
+		}
+	}
+	if len(w.run) == 0 {
+		w.runStart = pgno
+	}
+	w.run = append(w.run, data...)
+	w.written[(pgno-1)/64] |= 1 << ((pgno - 1) % 64)
+	w.sum = ltx.ChecksumFlag | (w.sum ^ ltx.ChecksumPageWithHasher(w.hasher, pgno, data))
+	return nil
+}
+
+func (w *pageWriter) flush() error {
+	if len(w.run) == 0 {
+		return nil
+	}
+	_, err := w.out.WriteAt(w.run, int64(w.runStart-1)*int64(w.pageSize))
+	w.run = w.run[:0]
+	return err
+}
+
+// complete reports whether older files can add nothing: every page up to
+// the limit is written.
+func (w *pageWriter) complete() bool {
+	for w.firstHole <= uint64(w.limit) && (w.firstHole == uint64(w.lockPgno) || w.has(uint32(w.firstHole))) {
+		w.firstHole++
+	}
+	return w.firstHole > uint64(w.limit)
+}
+
+// finish writes what is pending, folds the pages no file wrote (zeros) into
+// the checksum, sets the file size, and returns the database checksum.
+func (w *pageWriter) finish() (ltx.Checksum, error) {
+	if err := w.flush(); err != nil {
+		return 0, err
+	}
+	var zeros *zeroPageSums
+	for i, word := range w.written {
+		if word == ^uint64(0) {
+			continue
+		}
+		for b := range uint64(64) {
+			pgno := uint64(i)*64 + b + 1
+			if pgno > uint64(w.commit) {
+				break
+			}
+			if word&(1<<b) != 0 || pgno == uint64(w.lockPgno) {
+				continue
+			}
+			if zeros == nil {
+				zeros = newZeroPageSums(w.pageSize)
+			}
+			w.sum = ltx.ChecksumFlag | (w.sum ^ zeros.sum(uint32(pgno)))
+		}
+	}
+	if err := w.out.Truncate(int64(w.commit) * int64(w.pageSize)); err != nil {
+		return 0, err
+	}
+	return w.sum, nil
+}
