@@ -78,6 +78,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer unlock()
 
 	store := ship.NewFileReplica(dd.ltx())
+	defer store.Close()
 	openDB := func(name string) (*pager.DB, error) {
 		return openCapture(dd, store, name, log)
 	}
