@@ -194,7 +194,7 @@ func (db *DB) walTryCommit() error {
 		for b := int64(0); b < n; b += fsz {
 			fr := buf[b : b+fsz]
 			fh := ParseWALFrameHeader(fr)
-			if fh.Salt1 != w.hdr.Salt1 || fh.Salt2 != w.hdr.Salt2 {
+			if fh.Pgno == 0 || fh.Salt1 != w.hdr.Salt1 || fh.Salt2 != w.hdr.Salt2 {
 				return nil
 			}
 			s1, s2 = WALChecksum(be, s1, s2, fr[:8])
