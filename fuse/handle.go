@@ -59,14 +59,16 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 	return n, 0
 }
 
+// Fsync makes the backing file and the history up to now durable. The two
+// flushes run at once so the filesystem can commit them together.
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
-	if errno := h.LoopbackFile.Fsync(ctx, flags); errno != 0 {
-		return errno
+	done := make(chan error, 1)
+	go func() { done <- h.db.Sync(h.kind) }()
+	errno := h.LoopbackFile.Fsync(ctx, flags)
+	if err := <-done; err != nil && errno == 0 {
+		errno = syscall.EIO
 	}
-	if err := h.db.Sync(h.kind); err != nil {
-		return syscall.EIO
-	}
-	return 0
+	return errno
 }
 
 // Flush comes with every close(2): a database written by something other

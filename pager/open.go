@@ -128,7 +128,7 @@ func (db *DB) replayWAL(scan *WALScan, base int) error {
 		db.wal.pending = db.wal.pending[:0]
 		db.wal.cand = f.N
 		before := db.txid
-		if err := db.walTryCommit(); err != nil {
+		if err := db.walTryCommit(nil, nil); err != nil {
 			return err
 		}
 		if db.wal.last != f.N {

@@ -36,8 +36,8 @@ type walCapture struct {
 
 // pendingFrame is what is known of an uncommitted frame from the writes.
 type pendingFrame struct {
-	head   [8]byte // page number and commit field
-	mask   uint8   // which bytes of head were written
+	head   [WALFrameHeaderSize]byte // the frame header as written
+	mask   uint32                   // which bytes of head were written
 	done   bool    // the last byte of the frame was written
 	commit uint32
 }
@@ -93,14 +93,14 @@ func (db *DB) walWrite(p []byte, off int64) error {
 			w.pending = append(w.pending, pendingFrame{})
 		}
 		f := &w.pending[i]
-		// Bytes of the page number and commit field in this write.
-		if lo, hi := max(off, fo), min(end, fo+8); lo < hi {
+		// Bytes of the frame header in this write.
+		if lo, hi := max(off, fo), min(end, fo+WALFrameHeaderSize); lo < hi {
 			copy(f.head[lo-fo:hi-fo], p[lo-off:hi-off])
 			for b := lo - fo; b < hi-fo; b++ {
 				f.mask |= 1 << b
 			}
 			touchedHead = true
-			if f.mask == 0xff {
+			if f.mask&0xff == 0xff {
 				w.setCommit(n, binary.BigEndian.Uint32(f.head[4:8]))
 			}
 		}
@@ -111,10 +111,17 @@ func (db *DB) walWrite(p []byte, off int64) error {
 	if w.cand == 0 {
 		return nil
 	}
-	if c := &w.pending[w.cand-w.last-1]; c.done && (touchedHead || end >= WALFrameOffset(w.hdr.PageSize, w.cand)+fsz) {
-		return db.walTryCommit()
+	c := &w.pending[w.cand-w.last-1]
+	if !c.done || !(touchedHead || end >= WALFrameOffset(w.hdr.PageSize, w.cand)+fsz) {
+		return nil
 	}
-	return nil
+	// The common one-frame transaction: its header came in an earlier
+	// write and this write is exactly its page, so nothing is read back.
+	if w.cand == w.last+1 && c.mask == 1<<WALFrameHeaderSize-1 &&
+		off == WALFrameOffset(w.hdr.PageSize, w.cand)+WALFrameHeaderSize && int64(len(p)) == int64(w.hdr.PageSize) {
+		return db.walTryCommit(c.head[:], p)
+	}
+	return db.walTryCommit(nil, nil)
 }
 
 // setCommit notes the commit field of pending frame n and keeps cand the
@@ -127,7 +134,7 @@ func (w *walCapture) setCommit(n int, commit uint32) {
 	case commit == 0 && n == w.cand:
 		w.cand = 0
 		for i := n - w.last; i < len(w.pending); i++ {
-			if w.pending[i].commit != 0 && w.pending[i].mask == 0xff {
+			if w.pending[i].commit != 0 && w.pending[i].mask&0xff == 0xff {
 				w.cand = w.last + 1 + i
 				break
 			}
@@ -157,7 +164,9 @@ func (db *DB) walTruncate(size int64) {
 }
 
 // walTryCommit records the pending transaction if it is complete and valid.
-func (db *DB) walTryCommit() error {
+// When the transaction is one frame whose header and page the caller has in
+// memory (head, page), they are used instead of reading the WAL back.
+func (db *DB) walTryCommit(head, page []byte) error {
 	w := &db.wal
 	k, n0 := w.cand, w.last+1
 	fsz := w.frameSize()
@@ -165,11 +174,14 @@ func (db *DB) walTryCommit() error {
 	// Cheap test first: the commit frame's header must carry this
 	// generation's salts (a spilled transaction writes it with zero salts and
 	// rewrites it last).
-	var head [WALFrameHeaderSize]byte
-	if err := db.files.readAt(FileWAL, head[:], WALFrameOffset(w.hdr.PageSize, k)); err != nil {
-		return err
+	if head == nil {
+		var hb [WALFrameHeaderSize]byte
+		if err := db.files.readAt(FileWAL, hb[:], WALFrameOffset(w.hdr.PageSize, k)); err != nil {
+			return err
+		}
+		head = hb[:]
 	}
-	if fh := ParseWALFrameHeader(head[:]); fh.Commit == 0 || fh.Salt1 != w.hdr.Salt1 || fh.Salt2 != w.hdr.Salt2 {
+	if fh := ParseWALFrameHeader(head); fh.Commit == 0 || fh.Salt1 != w.hdr.Salt1 || fh.Salt2 != w.hdr.Salt2 {
 		return nil
 	}
 
@@ -188,7 +200,10 @@ func (db *DB) walTryCommit() error {
 			w.buf = make([]byte, n)
 		}
 		buf := w.buf[:n]
-		if err := db.files.readAt(FileWAL, buf, start+pos); err != nil {
+		if page != nil {
+			copy(buf, head)
+			copy(buf[WALFrameHeaderSize:], page)
+		} else if err := db.files.readAt(FileWAL, buf, start+pos); err != nil {
 			return err
 		}
 		for b := int64(0); b < n; b += fsz {

@@ -17,7 +17,6 @@ package ship
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -64,99 +63,14 @@ type FileReplica struct {
 	made    map[string]bool // level directories known to exist
 	pending map[string]bool // directories holding files not yet fsynced
 	bw      *bufio.Writer   // reused between writes
-	spares  map[string][]spare
-	filling map[string]bool
-	closed  bool
 }
 
-// spare is an empty temporary file made ahead of need in a level directory.
-type spare struct {
-	path string
-	fd   int
-}
-
-const spareTarget = 32
-
-// spareFile returns an empty temporary file in dir, open for writing, and
-// makes sure more are being made.
-func (r *FileReplica) spareFile(dir string) (string, int, error) {
-	r.mu.Lock()
-	s := r.spares[dir]
-	start := !r.filling[dir] && len(s) < spareTarget/2 && !r.closed
-	if start {
-		r.filling[dir] = true
-	}
-	var sp spare
-	ok := len(s) > 0
-	if ok {
-		sp = s[len(s)-1]
-		r.spares[dir] = s[:len(s)-1]
-	}
-	r.mu.Unlock()
-	if start {
-		go r.fillSpares(dir)
-	}
-	if ok {
-		return sp.path, sp.fd, nil
-	}
-	return newSpare(dir)
-}
-
-func newSpare(dir string) (string, int, error) {
-	var b [8]byte
-	rand.Read(b[:])
-	path := filepath.Join(dir, fmt.Sprintf(".spare-%x.tmp", b))
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return "", -1, &os.PathError{Op: "create", Path: path, Err: err}
-	}
-	return path, fd, nil
-}
-
-func (r *FileReplica) fillSpares(dir string) {
-	for {
-		r.mu.Lock()
-		if r.closed || len(r.spares[dir]) >= spareTarget {
-			r.filling[dir] = false
-			r.mu.Unlock()
-			return
-		}
-		r.mu.Unlock()
-		path, fd, err := newSpare(dir)
-		r.mu.Lock()
-		if err != nil || r.closed {
-			r.filling[dir] = false
-			r.mu.Unlock()
-			if err == nil {
-				unix.Close(fd)
-				unix.Unlink(path)
-			}
-			return
-		}
-		r.spares[dir] = append(r.spares[dir], spare{path, fd})
-		r.mu.Unlock()
-	}
-}
-
-// Close removes the temporary files made in advance.
-func (r *FileReplica) Close() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.closed = true
-	for dir, s := range r.spares {
-		for _, sp := range s {
-			unix.Close(sp.fd)
-			unix.Unlink(sp.path)
-		}
-		delete(r.spares, dir)
-	}
-	return nil
-}
+// Close releases what the replica holds. It has nothing to release today.
+func (r *FileReplica) Close() error { return nil }
 
 // NewFileReplica returns a replica rooted at dir. The directory need not exist.
 func NewFileReplica(dir string) *FileReplica {
-	return &FileReplica{Root: dir, made: map[string]bool{}, pending: map[string]bool{},
-		spares: map[string][]spare{}, filling: map[string]bool{}}
+	return &FileReplica{Root: dir, made: map[string]bool{}, pending: map[string]bool{}}
 }
 
 var _ Replica = (*FileReplica)(nil)
@@ -255,13 +169,12 @@ func (r *FileReplica) CreateLTX(db string, level int, minTXID, maxTXID ltx.TXID,
 		r.mu.Unlock()
 	}
 	final := filepath.Join(r.Root, rel)
-	// Creating a file costs more than the rest of a small commit together,
-	// so an empty temporary file is taken from those made in advance.
 	// Raw system calls: os.OpenFile registers regular files with the poller
 	// and os.Rename stats its target.
-	tmp, fd, err := r.spareFile(dir)
+	tmp := final + ".tmp"
+	fd, err := unix.Open(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC, 0o644)
 	if err != nil {
-		return err
+		return &os.PathError{Op: "create", Path: tmp, Err: err}
 	}
 	f := fdWriter(fd)
 	defer func() {

@@ -90,7 +90,7 @@ func addHistoryFlags(fs *flag.FlagSet) *historyFlags {
 // history is a resolved source of history: a replica, and the database in it
 // when the command line named one.
 type history struct {
-	replica *ship.FileReplica
+	replica ship.Replica
 	where   string // the replica as the user named it, for messages
 	db      string
 }
@@ -104,7 +104,7 @@ func (hf *historyFlags) resolve(fs *flag.FlagSet, pos []string) (*history, error
 	}
 	if len(pos) == 0 {
 		root := dataDir{path: hf.data}.ltx()
-		return &history{replica: ship.NewFileReplica(root), where: root, db: hf.db}, nil
+		return &history{replica: ship.OpenLocal(root), where: root, db: hf.db}, nil
 	}
 	dataSet := false
 	fs.Visit(func(f *flag.Flag) { dataSet = dataSet || f.Name == "data" })
@@ -121,9 +121,9 @@ func (hf *historyFlags) resolve(fs *flag.FlagSet, pos []string) (*history, error
 		if hf.db != "" && hf.db != name {
 			return nil, usagef("%s holds the history of %s, not -db %s", pos[0], name, hf.db)
 		}
-		return &history{replica: ship.NewFileReplica(parent), where: pos[0], db: name}, nil
+		return &history{replica: ship.OpenLocal(parent), where: pos[0], db: name}, nil
 	}
-	return &history{replica: ship.NewFileReplica(dir), where: pos[0], db: hf.db}, nil
+	return &history{replica: ship.OpenLocal(dir), where: pos[0], db: hf.db}, nil
 }
 
 // pickOnlyDatabase sets h.db to the replica's one database, or explains why

@@ -77,7 +77,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer unlock()
 
-	store := ship.NewFileReplica(dd.ltx())
+	store := ship.OpenStore(dd.ltx(), log)
 	defer store.Close()
 	openDB := func(name string) (*pager.DB, error) {
 		return openCapture(dd, store, name, log)
@@ -232,7 +232,7 @@ func unwrapPathError(err error) error {
 
 // knownDatabases lists the databases to start capture for at mount: every
 // SQLite file in the root and every database with history.
-func knownDatabases(ctx context.Context, dd dataDir, store *ship.FileReplica) ([]string, error) {
+func knownDatabases(ctx context.Context, dd dataDir, store *ship.Store) ([]string, error) {
 	seen := map[string]bool{}
 	var names []string
 	ents, err := os.ReadDir(dd.root())
@@ -272,10 +272,13 @@ func isSQLiteFile(path string) bool {
 }
 
 // openCapture starts capture of one database at the end of its history.
-func openCapture(dd dataDir, store *ship.FileReplica, name string, log *slog.Logger) (*pager.DB, error) {
+func openCapture(dd dataDir, store *ship.Store, name string, log *slog.Logger) (*pager.DB, error) {
 	ctx := context.Background()
 	if err := store.RemoveTemp(name); err != nil {
 		return nil, err
+	}
+	if err := store.Recover(name); err != nil {
+		return nil, fmt.Errorf("history of %s: %w", name, err)
 	}
 	last, err := lastFile(ctx, store, name)
 	if err != nil {
@@ -292,7 +295,7 @@ func openCapture(dd dataDir, store *ship.FileReplica, name string, log *slog.Log
 }
 
 // lastFile reads the header and trailer of the newest level-0 LTX file.
-func lastFile(ctx context.Context, store *ship.FileReplica, name string) (*pager.LastFile, error) {
+func lastFile(ctx context.Context, store *ship.Store, name string) (*pager.LastFile, error) {
 	files, err := store.LTXFiles(ctx, name, 0)
 	if err != nil {
 		return nil, fmt.Errorf("history of %s: %w", name, err)
@@ -333,15 +336,15 @@ func lastFile(ctx context.Context, store *ship.FileReplica, name string) (*pager
 
 // storeSink puts one database's LTX files in the local store.
 type storeSink struct {
-	store *ship.FileReplica
+	store *ship.Store
 	db    string
 }
 
 func (s storeSink) WriteLTX(minTXID, maxTXID ltx.TXID, write func(io.Writer) error, durable bool) error {
-	return s.store.CreateLTX(s.db, 0, minTXID, maxTXID, write, durable)
+	return s.store.Append(s.db, minTXID, maxTXID, write, durable)
 }
 
-func (s storeSink) Sync() error { return s.store.Sync() }
+func (s storeSink) Sync() error { return s.store.SyncDB(s.db) }
 
 // closeCaptures saves each database's page checksums for the next mount.
 func closeCaptures(live *sqlfuse.Live, dd dataDir, log *slog.Logger) {

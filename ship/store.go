@@ -1,0 +1,487 @@
+package ship
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"hash/crc64"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/superfly/ltx"
+	"golang.org/x/sys/unix"
+)
+
+// Store is a mount's local store: a FileReplica plus, per database, a capture
+// log.
+//
+// Creating a file costs more on this kind of machine than everything else a
+// small commit does, so a commit's LTX is first appended to the database's
+// capture log (one write) and then written out as its own file in the layout
+// by a background goroutine, milliseconds later. Readers that open the store
+// with OpenLocal see both, so history is complete the moment a commit returns.
+//
+// Invariants: every LTX appended to a log is in the layout or still in that
+// log; a log is emptied only after the files it holds were made durable. A
+// record is acknowledged only once its append returned, so a torn tail after
+// a crash was never acknowledged and is dropped.
+type Store struct {
+	*FileReplica
+	log *slog.Logger
+
+	mu     sync.Mutex
+	logs   map[string]*captureLog
+	wake   chan struct{}
+	done   chan struct{}
+	closed bool
+	rbuf   []byte // used by the writer goroutine only
+}
+
+// logRecordMax is the largest LTX that goes through the log; larger ones
+// (snapshots, big transactions) are written as files directly, where the cost
+// of creating a file does not matter.
+const logRecordMax = 1 << 20
+
+// logTrimSize is the log size past which a drained log is emptied.
+const logTrimSize = 4 << 20
+
+// Record framing: magic, length of the LTX, the LTX, CRC-64 of the LTX.
+var recordMagic = [4]byte{'s', 'q', 'l', 'r'}
+
+const recordOverhead = 4 + 4 + 8
+
+type captureLog struct {
+	db   string
+	path string
+	fd   int
+	size int64
+
+	queue   []logRecord // appended, not yet in the layout
+	dirty   bool        // appended since the last fdatasync
+	direct  bool        // a large commit was written as a file since the last sync
+	pending bool        // files were written out since the last syncfs
+	buf     bytes.Buffer
+}
+
+// logRecord is one LTX in a log: data is set when read back from a log file,
+// off and n locate it in the live log (bytes of the LTX, without framing).
+type logRecord struct {
+	min, max ltx.TXID
+	off      int64
+	n        int
+	data     []byte
+}
+
+// LogPath is the capture log of one database relative to the store root.
+func LogPath(db string) string { return filepath.Join(db, "capture.log") }
+
+// OpenStore opens the local store at dir and starts writing logged commits
+// out as files.
+func OpenStore(dir string, log *slog.Logger) *Store {
+	s := &Store{FileReplica: NewFileReplica(dir), log: log, logs: map[string]*captureLog{},
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go s.run()
+	return s
+}
+
+// Recover writes out what a previous run left in db's capture log, makes it
+// durable and empties the log. Call it before the database's first Append.
+func (s *Store) Recover(db string) error {
+	path := filepath.Join(s.Root, LogPath(db))
+	recs, _, err := readLog(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		// Always rewritten: a file written out from the log may be torn.
+		if err := s.WriteLTX(db, 0, r.min, r.max, r.data, false); err != nil {
+			return err
+		}
+	}
+	if len(recs) > 0 {
+		if err := s.FileReplica.Sync(); err != nil {
+			return err
+		}
+		s.log.Info("recovered commits from the capture log", "db", db, "files", len(recs))
+	}
+	return os.Truncate(path, 0)
+}
+
+// Append stores one LTX file of db, whose bytes write produces. With durable
+// set it is on stable storage when Append returns.
+func (s *Store) Append(db string, minTXID, maxTXID ltx.TXID, write func(io.Writer) error, durable bool) error {
+	l, err := s.captureLog(db)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l.buf.Reset()
+	l.buf.Write(zero8[:])
+	if err := write(&l.buf); err != nil {
+		return err
+	}
+	n := l.buf.Len() - 8
+	if n > logRecordMax {
+		// Written straight into the layout; readers find it there.
+		data := l.buf.Bytes()[8:]
+		l.direct = !durable
+		return s.CreateLTX(db, 0, minTXID, maxTXID, func(w io.Writer) error {
+			_, err := w.Write(data)
+			return err
+		}, durable)
+	}
+	b := l.buf.Bytes()
+	copy(b[0:4], recordMagic[:])
+	binary.BigEndian.PutUint32(b[4:8], uint32(n))
+	b = binary.BigEndian.AppendUint64(b, crc64.Checksum(b[8:], crc64ISO))
+	for off := 0; off < len(b); {
+		m, err := unix.Pwrite(l.fd, b[off:], l.size+int64(off))
+		if err != nil {
+			unix.Ftruncate(l.fd, l.size)
+			return &os.PathError{Op: "write", Path: l.path, Err: err}
+		}
+		off += m
+	}
+	l.queue = append(l.queue, logRecord{min: minTXID, max: maxTXID, off: l.size + 8, n: n})
+	l.size += int64(len(b))
+	l.dirty = true
+	if durable {
+		if err := unix.Fdatasync(l.fd); err != nil {
+			return &os.PathError{Op: "fsync", Path: l.path, Err: err}
+		}
+		l.dirty = false
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// SyncDB makes every LTX of db appended so far durable.
+func (s *Store) SyncDB(db string) error {
+	s.mu.Lock()
+	l := s.logs[db]
+	dirty := l != nil && l.dirty
+	direct := l != nil && l.direct
+	if l != nil {
+		l.dirty, l.direct = false, false
+	}
+	s.mu.Unlock()
+	if dirty {
+		if err := unix.Fdatasync(l.fd); err != nil {
+			s.mu.Lock()
+			l.dirty = true
+			s.mu.Unlock()
+			return &os.PathError{Op: "fsync", Path: l.path, Err: err}
+		}
+	}
+	if direct {
+		return s.FileReplica.Sync() // a large commit written as a file
+	}
+	return nil
+}
+
+func (s *Store) captureLog(db string) (*captureLog, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.logs[db]; l != nil {
+		return l, nil
+	}
+	if err := os.MkdirAll(filepath.Join(s.Root, LevelDir(db, 0)), 0o755); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(s.Root, LogPath(db))
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if err := syncDir(filepath.Join(s.Root, db)); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	l := &captureLog{db: db, path: path, fd: fd, size: st.Size}
+	s.logs[db] = l
+	return l, nil
+}
+
+// run writes logged commits out as files, oldest first, and empties drained
+// logs once what they held is durable.
+func (s *Store) run() {
+	defer close(s.done)
+	// Writing files out is background work: run it on a thread of lower
+	// priority so it yields the CPU to commits.
+	runtime.LockOSThread()
+	unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 10)
+	for {
+		worked := s.writeOut()
+		s.mu.Lock()
+		closed := s.closed
+		s.mu.Unlock()
+		if closed && !worked {
+			return
+		}
+		if !worked {
+			s.trim(false)
+			select {
+			case <-s.wake:
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+// writeOut writes the oldest queued record of each log; it reports whether
+// there was any.
+func (s *Store) writeOut() bool {
+	s.mu.Lock()
+	var todo []*captureLog
+	for _, l := range s.logs {
+		if len(l.queue) > 0 {
+			todo = append(todo, l)
+		}
+	}
+	s.mu.Unlock()
+	for _, l := range todo {
+		s.mu.Lock()
+		r := l.queue[0]
+		s.mu.Unlock()
+		if cap(s.rbuf) < r.n {
+			s.rbuf = make([]byte, r.n)
+		}
+		data := s.rbuf[:r.n]
+		m, err := unix.Pread(l.fd, data, r.off)
+		if err == nil && m != r.n {
+			err = io.ErrUnexpectedEOF
+		}
+		if err == nil {
+			err = s.writeFile(l.db, r, data)
+		}
+		if err != nil {
+			s.log.Error("writing out a logged commit; it stays in the log", "db", l.db, "txid", r.max, "err", err)
+			time.Sleep(time.Second)
+			continue
+		}
+		s.mu.Lock()
+		l.queue = l.queue[1:]
+		l.pending = true
+		s.mu.Unlock()
+	}
+	return len(todo) > 0
+}
+
+// writeFile writes a logged commit out under its final name, without the
+// temporary file and rename CreateLTX uses: until the log is trimmed (after
+// the file is durable) readers take the commit from the log, never from a
+// file that may be half written.
+func (s *Store) writeFile(db string, r logRecord, data []byte) error {
+	path := filepath.Join(s.Root, LTXPath(db, 0, r.min, r.max))
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return &os.PathError{Op: "create", Path: path, Err: err}
+	}
+	_, err = fdWriter(fd).Write(data)
+	if cerr := unix.Close(fd); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		unix.Unlink(path)
+		return &os.PathError{Op: "write", Path: path, Err: err}
+	}
+	return nil
+}
+
+// trim empties drained logs past logTrimSize (all drained logs when force):
+// first the files they were written to are made durable.
+func (s *Store) trim(force bool) {
+	s.mu.Lock()
+	var drained []*captureLog
+	for _, l := range s.logs {
+		if len(l.queue) == 0 && l.size > 0 && (force || l.size >= logTrimSize) {
+			drained = append(drained, l)
+		}
+	}
+	s.mu.Unlock()
+	if len(drained) == 0 {
+		return
+	}
+	if err := s.FileReplica.Sync(); err != nil {
+		s.log.Error("syncing the local store", "err", err)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range drained {
+		if len(l.queue) != 0 {
+			continue // appended meanwhile: next time
+		}
+		if err := unix.Ftruncate(l.fd, 0); err != nil {
+			s.log.Error("emptying the capture log", "db", l.db, "err", err)
+			continue
+		}
+		l.size, l.dirty = 0, false
+	}
+}
+
+// Close writes out every logged commit, empties the logs and stops.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	<-s.done
+	s.trim(true)
+	s.mu.Lock()
+	for _, l := range s.logs {
+		unix.Close(l.fd)
+	}
+	s.logs = map[string]*captureLog{}
+	s.mu.Unlock()
+	return s.FileReplica.Close()
+}
+
+// readLog returns the complete records of a capture log and the offset after
+// the last one. A torn or damaged tail ends the log.
+func readLog(path string) ([]logRecord, int64, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	var recs []logRecord
+	off := 0
+	for len(data)-off >= recordOverhead {
+		if !bytes.Equal(data[off:off+4], recordMagic[:]) {
+			break
+		}
+		n := int(binary.BigEndian.Uint32(data[off+4 : off+8]))
+		if n > logRecordMax || len(data)-off < recordOverhead+n {
+			break
+		}
+		body := data[off+8 : off+8+n]
+		if crc64.Checksum(body, crc64ISO) != binary.BigEndian.Uint64(data[off+8+n:]) {
+			break
+		}
+		var h ltx.Header
+		if h.UnmarshalBinary(body) != nil || h.Validate() != nil {
+			break
+		}
+		recs = append(recs, logRecord{min: h.MinTXID, max: h.MaxTXID, off: int64(off + 8), n: n, data: body})
+		off += recordOverhead + n
+	}
+	return recs, int64(off), nil
+}
+
+var (
+	crc64ISO = crc64.MakeTable(crc64.ISO)
+	zero8    [8]byte
+)
+
+// Local reads a local store, including commits still in capture logs, so a
+// listing or restore taken while the mount runs sees every commit.
+type Local struct {
+	*FileReplica
+
+	mu   sync.Mutex
+	logs map[string][]logRecord // each database's log, read once
+}
+
+// OpenLocal returns a read-only view of the local store at dir.
+func OpenLocal(dir string) *Local {
+	return &Local{FileReplica: NewFileReplica(dir), logs: map[string][]logRecord{}}
+}
+
+// logged returns db's logged commits as they were at the first look: a
+// commit that leaves the log later is a complete file by then.
+func (l *Local) logged(db string) ([]logRecord, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if recs, ok := l.logs[db]; ok {
+		return recs, nil
+	}
+	recs, _, err := readLog(filepath.Join(l.Root, LogPath(db)))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	l.logs[db] = recs
+	return recs, nil
+}
+
+var _ Replica = (*Local)(nil)
+
+// LTXFiles lists level files; level 0 also includes logged commits not yet
+// written out. The log is read before the directory so that a commit written
+// out and trimmed from the log in between is still seen.
+func (l *Local) LTXFiles(ctx context.Context, db string, level int) ([]*ltx.FileInfo, error) {
+	var recs []logRecord
+	if level == 0 {
+		var err error
+		if recs, err = l.logged(db); err != nil {
+			return nil, err
+		}
+	}
+	infos, err := l.FileReplica.LTXFiles(ctx, db, level)
+	if err != nil || len(recs) == 0 {
+		return infos, err
+	}
+	// A logged commit wins over its file, which may still be being written.
+	logged := map[[2]ltx.TXID]bool{}
+	for _, r := range recs {
+		logged[[2]ltx.TXID{r.min, r.max}] = true
+	}
+	kept := infos[:0]
+	for _, fi := range infos {
+		if !logged[[2]ltx.TXID{fi.MinTXID, fi.MaxTXID}] {
+			kept = append(kept, fi)
+		}
+	}
+	infos = kept
+	for _, r := range recs {
+		var h ltx.Header
+		h.UnmarshalBinary(r.data)
+		infos = append(infos, &ltx.FileInfo{Level: 0, MinTXID: r.min, MaxTXID: r.max,
+			Size: int64(len(r.data)), CreatedAt: time.UnixMilli(h.Timestamp).UTC()})
+	}
+	sort.Slice(infos, func(i, j int) bool {
+		if infos[i].MinTXID != infos[j].MinTXID {
+			return infos[i].MinTXID < infos[j].MinTXID
+		}
+		return infos[i].MaxTXID < infos[j].MaxTXID
+	})
+	return infos, nil
+}
+
+// OpenLTX opens a logged commit, or else a file of the layout. A commit
+// leaves the log only once its file is complete and durable.
+func (l *Local) OpenLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) (io.ReadCloser, error) {
+	if level == 0 {
+		recs, err := l.logged(db)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range recs {
+			if r.min == minTXID && r.max == maxTXID {
+				return io.NopCloser(bytes.NewReader(r.data)), nil
+			}
+		}
+	}
+	return l.FileReplica.OpenLTX(ctx, db, level, minTXID, maxTXID)
+}
