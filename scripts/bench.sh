@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# bench.sh — SQLite through a sqlfs mount against the same SQLite on the disk
+# underneath, on this machine, alternating the two in one run.
+#
+# Builds sqlfs and scripts/benchdriver into a temp dir, mounts sqlfs (data dir
+# and native dir on the same filesystem), runs every workload natively and
+# through the mount for -rounds rounds each, and prints the medians as a table
+# (docs/BENCHMARKS.md has the format). Everything it made is removed at exit;
+# the mount it started is stopped by PID and unmounted even on failure.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+all_workloads=(wal-normal-writes wal-full-writes delete-full-writes wal-reads delete-reads bulk)
+
+usage() {
+	cat <<EOF
+Usage: scripts/bench.sh [-duration 3s] [-rounds 3] [-workloads LIST] [-dir DIR] [-native-only]
+
+  -duration D     how long each timed run lasts (Go duration; bulk is one transaction)
+  -rounds N       runs per workload and side; the table shows medians
+  -workloads L    comma-separated subset of: ${all_workloads[*]}
+  -dir DIR        where the temp dirs go (default \${TMPDIR:-/tmp}); the native
+                  database and sqlfs's data dir share its filesystem
+  -native-only    skip sqlfs (also SQLFS_BENCH_NATIVE_ONLY=1)
+
+Environment: SQLFS_BIN=PATH benchmarks that sqlfs binary instead of building one.
+EOF
+}
+
+# The command line as typed, quoted only where the shell needs it.
+command_line=
+for a in "$0" "$@"; do
+	[[ $a =~ ^[][A-Za-z0-9_./:=,@%+-]+$ ]] || a=$(printf '%q' "$a")
+	command_line+="$a "
+done
+duration=3s rounds=3 parent=${TMPDIR:-/tmp} native_only=${SQLFS_BENCH_NATIVE_ONLY:-0}
+workloads=("${all_workloads[@]}")
+while (($#)); do
+	case ${1#-} in
+	-h | h | -help | help) usage; exit 0 ;;
+	duration | -duration) duration=${2:?-duration needs a value}; shift ;;
+	rounds | -rounds) rounds=${2:?-rounds needs a value}; shift ;;
+	workloads | -workloads) IFS=, read -r -a workloads <<<"${2:?-workloads needs a value}"; shift ;;
+	dir | -dir) parent=${2:?-dir needs a value}; shift ;;
+	native-only | -native-only) native_only=1 ;;
+	*) usage >&2; sqlfs_die "unknown argument $1" ;;
+	esac
+	shift
+done
+[[ $duration =~ ^[0-9]+(\.[0-9]+)?(ms|s|m)$ ]] || sqlfs_die "-duration must look like 500ms, 3s or 1m, not $duration"
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || sqlfs_die "-rounds must be a positive integer, not $rounds"
+for w in "${workloads[@]}"; do
+	[[ " ${all_workloads[*]} " == *" $w "* ]] || sqlfs_die "unknown workload $w (want: ${all_workloads[*]})"
+done
+[[ $native_only == 1 ]] && native_only=1 || native_only=0
+
+sqlfs_setup_path
+load_start=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$load_start" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+	sqlfs_say "warning: load average is $load_start on $(nproc) cores; other work will skew the numbers"
+fi
+base=$(mktemp -d "$parent/sqlfs-bench.XXXXXX")
+mnt=$base/mnt data=$base/data native=$base/native bin=$base/bin
+mkdir -p "$mnt" "$data" "$native" "$bin"
+mount_pid=
+
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	if [[ -n $mount_pid ]]; then
+		sqlfs_stop_mount "$mount_pid" "$mnt" || rc=1
+	fi
+	if [[ -n $(sqlfs_mount_fstype "$mnt") ]]; then
+		sqlfs_say "leaving $base in place: $mnt is still mounted"
+	else
+		rm -rf "$base"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mount_log_tail() {
+	[[ -s $base/mount.log ]] && { sqlfs_say "last lines of the sqlfs log:"; tail -n 20 "$base/mount.log" >&2; }
+	return 0
+}
+
+sqlfs_say "building benchdriver$( ((native_only)) || [[ -n ${SQLFS_BIN:-} ]] || printf ' and sqlfs')"
+(cd "$SQLFS_ROOT" && go build -o "$bin/benchdriver" ./scripts/benchdriver)
+if ((!native_only)); then
+	if [[ -n ${SQLFS_BIN:-} ]]; then
+		ln -s "$(realpath "$SQLFS_BIN")" "$bin/sqlfs"
+	else
+		sqlfs_build_cmd "$bin"
+	fi
+	"$bin/sqlfs" mount -data "$data" "$mnt" >"$base/mount.log" 2>&1 &
+	mount_pid=$!
+	if ! sqlfs_wait_mount "$mnt" "$mount_pid" 30; then
+		mount_log_tail
+		exit 1
+	fi
+	sqlfs_say "sqlfs mounted at $mnt (pid $mount_pid)"
+fi
+
+# metric WORKLOAD JSON prints the number the table compares: seconds for bulk,
+# operations per second for the rest.
+metric() {
+	local key=ops_per_sec
+	[[ $1 == bulk ]] && key=seconds
+	sed -n "s/.*\"$key\":\([0-9.]*\).*/\1/p" <<<"$2"
+}
+
+# run_one SIDE WORKLOAD ROUND runs the driver once and prints its metric.
+run_one() {
+	local side=$1 w=$2 r=$3 dir=$native out
+	if [[ $side == sqlfs ]]; then
+		dir=$mnt
+		sqlfs_proc_alive "$mount_pid" || { mount_log_tail; sqlfs_die "sqlfs (pid $mount_pid) is gone"; }
+	fi
+	if ! out=$("$bin/benchdriver" -db "$dir/$w-$r.db" -workload "$w" -duration "$duration"); then
+		[[ $side == sqlfs ]] && mount_log_tail
+		sqlfs_die "$w round $r on $side failed"
+	fi
+	printf '%s %s\n' "$side" "$out" >>"$base/results"
+	metric "$w" "$out"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+declare -A med_native med_sqlfs
+for w in "${workloads[@]}"; do
+	nat=() fus=()
+	for ((r = 1; r <= rounds; r++)); do
+		# Alternate which side goes first, so neither always runs on a warmer machine.
+		sides=(native sqlfs)
+		((r % 2 == 0)) && sides=(sqlfs native)
+		line=""
+		for side in "${sides[@]}"; do
+			[[ $side == sqlfs ]] && ((native_only)) && continue
+			v=$(run_one "$side" "$w" "$r")
+			if [[ $side == native ]]; then nat+=("$v"); else fus+=("$v"); fi
+			line+="  $side $v"
+		done
+		sqlfs_say "$w round $r/$rounds:$line"
+	done
+	med_native[$w]=$(printf '%s\n' "${nat[@]}" | median)
+	med_sqlfs[$w]=
+	((${#fus[@]})) && med_sqlfs[$w]=$(printf '%s\n' "${fus[@]}" | median)
+done
+sqlite_version=$(sed -n '1s/.*"sqlite":"\([^"]*\)".*/\1/p' "$base/results")
+
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+fstype=$(df -PT "$base" | awk 'NR == 2 { print $2 }')
+rev=$(git -C "$SQLFS_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -n $(git -C "$SQLFS_ROOT" status --porcelain 2>/dev/null) ]] && rev+="-dirty"
+
+echo
+echo "sqlfs benchmark, $(date -u +%Y-%m-%dT%H:%MZ), commit $rev"
+echo "machine: $(nproc) cores, ${cpu:-unknown CPU}, Linux $(uname -r), $fstype under $parent; load average $load_start at start, $(cut -d' ' -f1 /proc/loadavg) at end"
+echo "software: $(go version | cut -d' ' -f3), SQLite $sqlite_version (mattn/go-sqlite3), one connection"
+echo "command: ${command_line% }"
+echo "medians of $rounds rounds, $duration per timed run; ratio: sqlfs/native (bulk: native s / sqlfs s), higher is better"
+echo
+echo "| workload | unit | native | sqlfs | ratio |"
+echo "|---|---|---|---|---|"
+for w in "${workloads[@]}"; do
+	n=${med_native[$w]} s=${med_sqlfs[$w]}
+	case $w in
+	bulk) unit="s (50k rows)" fmt='%.3f' ;;
+	*reads) unit="reads/s" fmt='%.0f' ;;
+	*) unit="tx/s" fmt='%.0f' ;;
+	esac
+	ratio=- sv=-
+	if [[ -n $s ]]; then
+		# shellcheck disable=SC2059 # fmt is one of the formats above
+		sv=$(printf "$fmt" "$s")
+		if [[ $w == bulk ]]; then
+			ratio=$(awk -v a="$n" -v b="$s" 'BEGIN { printf "%.2f", a / b }')
+		else
+			ratio=$(awk -v a="$n" -v b="$s" 'BEGIN { printf "%.2f", b / a }')
+		fi
+	fi
+	# shellcheck disable=SC2059
+	printf "| %s | %s | $fmt | %s | %s |\n" "$w" "$unit" "$n" "$sv" "$ratio"
+done
