@@ -42,7 +42,8 @@ type Store struct {
 	wake   chan struct{}
 	done   chan struct{}
 	closed bool
-	rbuf   []byte // used by the writer goroutine only
+	rbuf   []byte       // used by the writer goroutine only
+	buf    bytes.Buffer // encodes one commit; under mu, kept at its largest size
 }
 
 // logRecordMax is the largest LTX that goes through the log; larger ones
@@ -68,7 +69,6 @@ type captureLog struct {
 	dirty   bool        // appended since the last fdatasync
 	direct  bool        // a large commit was written as a file since the last sync
 	pending bool        // files were written out since the last syncfs
-	buf     bytes.Buffer
 }
 
 // logRecord is one LTX in a log: data is set when read back from a log file,
@@ -126,22 +126,22 @@ func (s *Store) Append(db string, minTXID, maxTXID ltx.TXID, write func(io.Write
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	l.buf.Reset()
-	l.buf.Write(zero8[:])
-	if err := write(&l.buf); err != nil {
+	s.buf.Reset()
+	s.buf.Write(zero8[:])
+	if err := write(&s.buf); err != nil {
 		return err
 	}
-	n := l.buf.Len() - 8
+	n := s.buf.Len() - 8
 	if n > logRecordMax {
 		// Written straight into the layout; readers find it there.
-		data := l.buf.Bytes()[8:]
+		data := s.buf.Bytes()[8:]
 		l.direct = !durable
 		return s.CreateLTX(db, 0, minTXID, maxTXID, func(w io.Writer) error {
 			_, err := w.Write(data)
 			return err
 		}, durable)
 	}
-	b := l.buf.Bytes()
+	b := s.buf.Bytes()
 	copy(b[0:4], recordMagic[:])
 	binary.BigEndian.PutUint32(b[4:8], uint32(n))
 	b = binary.BigEndian.AppendUint64(b, crc64.Checksum(b[8:], crc64ISO))
