@@ -78,7 +78,7 @@ func (db *DB) dbWrite(off, n int64) error {
 	switch {
 	case db.wal.valid:
 		return nil // checkpoint: pages already recorded from the WAL (rule 8)
-	case j.active || j.exists:
+	case j.active || (j.exists && db.journalHot()):
 		j.active = true // includes the rollback of a hot journal
 	default:
 		if size, _ := db.files.size(FileWAL); size > 0 {
@@ -234,6 +234,18 @@ func (db *DB) captureDeletion() error {
 	db.needFull = true
 	db.wal.reset(WALHeader{}, false)
 	return nil
+}
+
+// journalHot reports whether the backing journal starts with a hot header.
+// A journal left behind by TRUNCATE or PERSIST mode is not hot, and a write
+// to the database beside it comes from outside a transaction.
+func (db *DB) journalHot() bool {
+	var b [28]byte
+	if err := db.files.readAt(FileJournal, b[:], 0); err != nil {
+		return true // cannot tell: treat it as SQLite's
+	}
+	_, err := ParseJournalHeader(b[:])
+	return err == nil
 }
 
 func allZero(p []byte) bool {
