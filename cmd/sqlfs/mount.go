@@ -149,7 +149,10 @@ func unmount(server interface{ Unmount() error }, mnt string, done <-chan struct
 func checkMountPoint(mnt string, log *slog.Logger) error {
 	mounted, fstype := mountedAt(mnt)
 	if mounted {
-		_, err := os.Stat(mnt)
+		// statfs always reaches the FUSE server (stat may be answered from
+		// cached attributes), so it tells a dead server from a live one.
+		var st unix.Statfs_t
+		err := unix.Statfs(mnt, &st)
 		if errors.Is(err, syscall.ENOTCONN) && strings.HasPrefix(fstype, "fuse") {
 			log.Warn("clearing stale mount left by a previous sqlfs", "mountpoint", mnt)
 			if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
