@@ -225,7 +225,7 @@ func (db *DB) walTryCommit(head, page []byte) error {
 
 	// Padding (psow=0) repeats the previous commit frame: not a new commit.
 	if k == n0 && db.isPadding(commit) {
-		w.advance(k, s1, s2, nil)
+		w.advance(k, s1, s2, w.frames) // the copy is now the page's newest frame
 		return nil
 	}
 
