@@ -256,15 +256,21 @@ func (r *FileReplica) Sync() error {
 	dirs := r.pending
 	r.pending = map[string]bool{}
 	r.mu.Unlock()
+	if err := r.SyncAll(); err != nil {
+		r.requeue(dirs)
+		return err
+	}
+	return nil
+}
 
+// SyncAll flushes the filesystem that holds the root, whatever was written.
+func (r *FileReplica) SyncAll() error {
 	fd, err := unix.Open(r.Root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		r.requeue(dirs)
 		return &os.PathError{Op: "open", Path: r.Root, Err: err}
 	}
 	defer unix.Close(fd)
 	if err := unix.Syncfs(fd); err != nil {
-		r.requeue(dirs)
 		return &os.PathError{Op: "syncfs", Path: r.Root, Err: err}
 	}
 	return nil

@@ -52,6 +52,13 @@ type Store struct {
 const logRecordMax = 1 << 20
 
 // logTrimSize is the log size past which a drained log is emptied.
+//
+// The log file is written full of zeros once (logPrealloc bytes) and then
+// overwritten in place from the start after every trim: an fdatasync of a
+// file whose size and extents do not change flushes data only, without a
+// journal commit, which halves the cost of synchronous=FULL. What lies past
+// the live records is older records (lower TXIDs) or zeros; readers stop at
+// the first record whose TXID does not ascend.
 const logTrimSize = 4 << 20
 
 // Record framing: magic, length of the LTX, the LTX, CRC-64 of the LTX.
@@ -63,12 +70,11 @@ type captureLog struct {
 	db   string
 	path string
 	fd   int
-	size int64
+	size int64 // end of the live records: where the next one goes
 
 	queue   []logRecord // appended, not yet in the layout
 	dirty   bool        // appended since the last fdatasync
 	direct  bool        // a large commit was written as a file since the last sync
-	pending bool        // files were written out since the last syncfs
 }
 
 // logRecord is one LTX in a log: data is set when read back from a log file,
@@ -92,8 +98,9 @@ func OpenStore(dir string, log *slog.Logger) *Store {
 	return s
 }
 
-// Recover writes out what a previous run left in db's capture log, makes it
-// durable and empties the log. Call it before the database's first Append.
+// Recover writes out what a previous run left in db's capture log and makes
+// it durable; the next Append starts the log over. Call it before the
+// database's first Append.
 func (s *Store) Recover(db string) error {
 	path := filepath.Join(s.Root, LogPath(db))
 	recs, _, err := readLog(path)
@@ -102,19 +109,27 @@ func (s *Store) Recover(db string) error {
 	} else if err != nil {
 		return err
 	}
+	n := 0
 	for _, r := range recs {
-		// Always rewritten: a file written out from the log may be torn.
+		// A file written out from the log may be torn: its size tells.
+		fi, err := os.Stat(filepath.Join(s.Root, LTXPath(db, 0, r.min, r.max)))
+		if err == nil && fi.Size() == int64(len(r.data)) {
+			continue
+		}
 		if err := s.WriteLTX(db, 0, r.min, r.max, r.data, false); err != nil {
 			return err
 		}
+		n++
 	}
 	if len(recs) > 0 {
-		if err := s.FileReplica.Sync(); err != nil {
+		if err := s.SyncAll(); err != nil {
 			return err
 		}
-		s.log.Info("recovered commits from the capture log", "db", db, "files", len(recs))
 	}
-	return os.Truncate(path, 0)
+	if n > 0 {
+		s.log.Info("recovered commits from the capture log", "db", db, "files", n)
+	}
+	return nil
 }
 
 // Append stores one LTX file of db, whose bytes write produces. With durable
@@ -148,7 +163,6 @@ func (s *Store) Append(db string, minTXID, maxTXID ltx.TXID, write func(io.Write
 	for off := 0; off < len(b); {
 		m, err := unix.Pwrite(l.fd, b[off:], l.size+int64(off))
 		if err != nil {
-			unix.Ftruncate(l.fd, l.size)
 			return &os.PathError{Op: "write", Path: l.path, Err: err}
 		}
 		off += m
@@ -216,7 +230,14 @@ func (s *Store) captureLog(db string) (*captureLog, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	l := &captureLog{db: db, path: path, fd: fd, size: st.Size}
+	if st.Size < logPrealloc {
+		if err := preallocate(fd, st.Size, logPrealloc); err != nil {
+			unix.Close(fd)
+			return nil, &os.PathError{Op: "preallocate", Path: path, Err: err}
+		}
+	}
+	// Recover has written out whatever the log held: start over at 0.
+	l := &captureLog{db: db, path: path, fd: fd}
 	s.logs[db] = l
 	return l, nil
 }
@@ -225,10 +246,14 @@ func (s *Store) captureLog(db string) (*captureLog, error) {
 // logs once what they held is durable.
 func (s *Store) run() {
 	defer close(s.done)
-	// Writing files out is background work: run it on a thread of lower
-	// priority so it yields the CPU to commits.
+	// Writing files out is background work: run it on a thread the kernel
+	// schedules only when the CPU is otherwise idle, so it never delays a
+	// commit. (Under a load that leaves no idle time, the log grows until it
+	// has some.)
 	runtime.LockOSThread()
-	unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 10)
+	if err := unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}, 0); err != nil {
+		unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
+	}
 	for {
 		worked := s.writeOut()
 		s.mu.Lock()
@@ -280,7 +305,6 @@ func (s *Store) writeOut() bool {
 		}
 		s.mu.Lock()
 		l.queue = l.queue[1:]
-		l.pending = true
 		s.mu.Unlock()
 	}
 	return len(todo) > 0
@@ -321,7 +345,7 @@ func (s *Store) trim(force bool) {
 	if len(drained) == 0 {
 		return
 	}
-	if err := s.FileReplica.Sync(); err != nil {
+	if err := s.SyncAll(); err != nil {
 		s.log.Error("syncing the local store", "err", err)
 		return
 	}
@@ -330,10 +354,6 @@ func (s *Store) trim(force bool) {
 	for _, l := range drained {
 		if len(l.queue) != 0 {
 			continue // appended meanwhile: next time
-		}
-		if err := unix.Ftruncate(l.fd, 0); err != nil {
-			s.log.Error("emptying the capture log", "db", l.db, "err", err)
-			continue
 		}
 		l.size, l.dirty = 0, false
 	}
@@ -357,6 +377,21 @@ func (s *Store) Close() error {
 	s.logs = map[string]*captureLog{}
 	s.mu.Unlock()
 	return s.FileReplica.Close()
+}
+
+const logPrealloc = logTrimSize + 2*logRecordMax
+
+// preallocate writes zeros from size to n and makes them durable.
+func preallocate(fd int, size, n int64) error {
+	zeros := make([]byte, 1<<20)
+	for off := size; off < n; {
+		m, err := unix.Pwrite(fd, zeros[:min(int64(len(zeros)), n-off)], off)
+		if err != nil {
+			return err
+		}
+		off += int64(m)
+	}
+	return unix.Fsync(fd)
 }
 
 // readLog returns the complete records of a capture log and the offset after
@@ -383,6 +418,9 @@ func readLog(path string) ([]logRecord, int64, error) {
 		var h ltx.Header
 		if h.UnmarshalBinary(body) != nil || h.Validate() != nil {
 			break
+		}
+		if len(recs) > 0 && h.MinTXID <= recs[len(recs)-1].max {
+			break // an older record left from before the log was last emptied
 		}
 		recs = append(recs, logRecord{min: h.MinTXID, max: h.MaxTXID, off: int64(off + 8), n: n, data: body})
 		off += recordOverhead + n

@@ -1,0 +1,179 @@
+package ship
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/superfly/ltx"
+)
+
+// encodeLTX makes a small valid LTX file for txid with one page.
+func encodeLTX(t *testing.T, txid ltx.TXID) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	enc, _ := ltx.NewEncoder(&buf)
+	hdr := ltx.Header{Version: ltx.Version, PageSize: 512, Commit: 1, MinTXID: txid, MaxTXID: txid, Timestamp: 1}
+	if txid > 1 {
+		hdr.PreApplyChecksum = ltx.ChecksumFlag | 1
+	}
+	if err := enc.EncodeHeader(hdr); err != nil {
+		t.Fatal(err)
+	}
+	page := bytes.Repeat([]byte{byte(txid)}, 512)
+	if err := enc.EncodePage(ltx.PageHeader{Pgno: 1}, page); err != nil {
+		t.Fatal(err)
+	}
+	enc.SetPostApplyChecksum(ltx.ChecksumFlag | ltx.ChecksumPage(1, page))
+	if err := enc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func appendTX(t *testing.T, s *Store, txid ltx.TXID, durable bool) {
+	t.Helper()
+	data := encodeLTX(t, txid)
+	err := s.Append("app.db", txid, txid, func(w io.Writer) error { _, err := w.Write(data); return err }, durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// listTXIDs returns the max TXIDs a local reader sees, checking each file reads back whole.
+func listTXIDs(t *testing.T, dir string) []ltx.TXID {
+	t.Helper()
+	l := OpenLocal(dir)
+	infos, err := l.LTXFiles(context.Background(), "app.db", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []ltx.TXID
+	for _, fi := range infos {
+		rc, err := l.OpenLTX(context.Background(), "app.db", 0, fi.MinTXID, fi.MaxTXID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ltx.NewDecoder(rc).Verify(); err != nil {
+			t.Fatalf("txid %s: %v", fi.MaxTXID, err)
+		}
+		rc.Close()
+		out = append(out, fi.MaxTXID)
+	}
+	return out
+}
+
+func wantTXIDs(t *testing.T, got []ltx.TXID, n int) {
+	t.Helper()
+	if len(got) != n {
+		t.Fatalf("history has %d files, want %d: %v", len(got), n, got)
+	}
+	for i, x := range got {
+		if x != ltx.TXID(i+1) {
+			t.Fatalf("history %v is not 1..%d", got, n)
+		}
+	}
+}
+
+func TestStoreSeesLoggedCommitsAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	s := OpenStore(dir, slog.Default())
+	for txid := ltx.TXID(1); txid <= 50; txid++ {
+		appendTX(t, s, txid, txid%10 == 0)
+		// Visible the moment Append returns, written out or not.
+		if got := listTXIDs(t, dir); len(got) != int(txid) {
+			t.Fatalf("after append %d: reader sees %d commits", txid, len(got))
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// After Close every commit is a file of its own.
+	fr := NewFileReplica(dir)
+	infos, _ := fr.LTXFiles(context.Background(), "app.db", 0)
+	if len(infos) != 50 {
+		t.Fatalf("%d files after close, want 50", len(infos))
+	}
+	wantTXIDs(t, listTXIDs(t, dir), 50)
+}
+
+func TestStoreRecoverWritesOutTheLog(t *testing.T) {
+	dir := t.TempDir()
+	s := OpenStore(dir, slog.Default())
+	for txid := ltx.TXID(1); txid <= 20; txid++ {
+		appendTX(t, s, txid, false)
+	}
+	// Simulate a crash: files 15..20 never written out, 14 torn.
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	<-s.done
+	for txid := ltx.TXID(14); txid <= 20; txid++ {
+		os.Remove(filepath.Join(dir, LTXPath("app.db", 0, txid, txid)))
+	}
+	os.WriteFile(filepath.Join(dir, LTXPath("app.db", 0, 14, 14)), []byte("torn"), 0o644)
+	// A torn record at the end of the log was never acknowledged.
+	f, _ := os.OpenFile(filepath.Join(dir, LogPath("app.db")), os.O_WRONLY, 0)
+	logEnd := int64(0)
+	if recs, end, err := readLog(f.Name()); err != nil || len(recs) != 20 {
+		t.Fatalf("log has %d records, %v", len(recs), err)
+	} else {
+		logEnd = end
+	}
+	torn := encodeLTX(t, 21)
+	f.WriteAt(append([]byte{'s', 'q', 'l', 'r', 0, 0, 2, 0}, torn[:100]...), logEnd)
+	f.Close()
+
+	s2 := OpenStore(dir, slog.Default())
+	if err := s2.Recover("app.db"); err != nil {
+		t.Fatal(err)
+	}
+	wantTXIDs(t, listTXIDs(t, dir), 20)
+	// The log starts over: new commits after old records are read, the old ones are not repeated.
+	appendTX(t, s2, 21, true)
+	appendTX(t, s2, 22, false)
+	wantTXIDs(t, listTXIDs(t, dir), 22)
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fr := NewFileReplica(dir)
+	infos, _ := fr.LTXFiles(context.Background(), "app.db", 0)
+	if len(infos) != 22 {
+		t.Fatalf("%d files after close, want 22", len(infos))
+	}
+}
+
+func TestStoreLargeCommitBypassesLog(t *testing.T) {
+	dir := t.TempDir()
+	s := OpenStore(dir, slog.Default())
+	defer s.Close()
+	appendTX(t, s, 1, false)
+	big := make([]byte, logRecordMax+1)
+	err := s.Append("app.db", 2, 2, func(w io.Writer) error { _, err := w.Write(big); return err }, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, LTXPath("app.db", 0, 2, 2))); err != nil {
+		t.Fatalf("large commit not written as a file at once: %v", err)
+	}
+	appendTX(t, s, 3, false)
+	l := OpenLocal(dir)
+	infos, err := l.LTXFiles(context.Background(), "app.db", 0)
+	if err != nil || len(infos) != 3 {
+		t.Fatalf("reader sees %d files (%v), want 3", len(infos), err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, LTXPath("app.db", 0, 3, 3))); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatal("logged commit 3 never written out")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
