@@ -69,6 +69,9 @@ func (db *DB) recover(lastFile *LastFile) error {
 			}
 		}
 	}
+	if scan != nil && lastFile == nil {
+		base = len(scan.Frames) // no history: the snapshot takes every commit
+	}
 	if scan != nil {
 		db.setWALBase(scan, base)
 	}
@@ -148,8 +151,16 @@ func (db *DB) snapshotNow() error {
 	if db.commit == 0 {
 		return nil
 	}
-	err := db.record(commitSpec{pageSize: db.pageSize, commit: db.commit, full: true, durable: true,
-		pages: db.fullSource(db.pageSize, db.commit, db.readLogical)})
+	c := commitSpec{pageSize: db.pageSize, commit: db.commit, full: true, durable: true,
+		pages: db.fullSource(db.pageSize, db.commit, db.readLogical)}
+	if w := &db.wal; w.valid && w.last > 0 {
+		// The snapshot covers the WAL up to its last commit: say so, so a
+		// later recovery replays only the commits after it.
+		c.walOffset = WALHeaderSize
+		c.walSize = WALFrameOffset(w.hdr.PageSize, w.last+1) - WALHeaderSize
+		c.walSalt1, c.walSalt2 = w.hdr.Salt1, w.hdr.Salt2
+	}
+	err := db.record(c)
 	if err == nil {
 		db.needFull = false
 	}

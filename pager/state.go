@@ -167,7 +167,7 @@ type stateHeader struct {
 }
 
 func (db *DB) saveState(path string) error {
-	if db.txid == 0 || db.needFull || db.files.exists(FileJournal) {
+	if db.txid == 0 || db.needFull || (db.files.exists(FileJournal) && db.journalHot()) {
 		os.Remove(path)
 		return nil
 	}
@@ -224,7 +224,7 @@ func (db *DB) loadState(path string, last ltx.Pos) bool {
 	size, mtime := statBacking(db.path)
 	walSize, _ := statBacking(db.files.name(FileWAL))
 	if ltx.TXID(h.TXID) != last.TXID || ltx.Checksum(h.Checksum) != last.PostApplyChecksum ||
-		h.DBSize != size || h.DBMtime != mtime || walSize > 0 || db.files.exists(FileJournal) ||
+		h.DBSize != size || h.DBMtime != mtime || walSize > 0 || (db.files.exists(FileJournal) && db.journalHot()) ||
 		int64(len(body)-hsize) != int64(h.Commit)*8 {
 		return false
 	}
