@@ -42,8 +42,12 @@ type Store struct {
 	wake   chan struct{}
 	done   chan struct{}
 	closed bool
-	rbuf   []byte       // used by the writer goroutine only
-	buf    bytes.Buffer // encodes one commit; under mu, kept at its largest size
+	rbuf   []byte // used by the writer goroutine only
+	// backlog is the bytes of logged commits not yet written out, and
+	// lastAppend the time of the newest; both under mu.
+	backlog    int64
+	lastAppend time.Time
+	buf        bytes.Buffer // encodes one commit; under mu, kept at its largest size
 }
 
 // logRecordMax is the largest LTX that goes through the log; larger ones
@@ -72,9 +76,9 @@ type captureLog struct {
 	fd   int
 	size int64 // end of the live records: where the next one goes
 
-	queue   []logRecord // appended, not yet in the layout
-	dirty   bool        // appended since the last fdatasync
-	direct  bool        // a large commit was written as a file since the last sync
+	queue  []logRecord // appended, not yet in the layout
+	dirty  bool        // appended since the last fdatasync
+	direct bool        // a large commit was written as a file since the last sync
 }
 
 // logRecord is one LTX in a log: data is set when read back from a log file,
@@ -169,6 +173,9 @@ func (s *Store) Append(db string, minTXID, maxTXID ltx.TXID, write func(io.Write
 	}
 	l.queue = append(l.queue, logRecord{min: minTXID, max: maxTXID, off: l.size + 8, n: n})
 	l.size += int64(len(b))
+	wake := s.backlog == 0 || (s.backlog < writeOutBacklog && s.backlog+int64(n) >= writeOutBacklog)
+	s.backlog += int64(n)
+	s.lastAppend = time.Now()
 	l.dirty = true
 	if durable {
 		if err := unix.Fdatasync(l.fd); err != nil {
@@ -176,9 +183,11 @@ func (s *Store) Append(db string, minTXID, maxTXID ltx.TXID, write func(io.Write
 		}
 		l.dirty = false
 	}
-	select {
-	case s.wake <- struct{}{}:
-	default:
+	if wake {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
 	}
 	return nil
 }
@@ -247,30 +256,51 @@ func (s *Store) captureLog(db string) (*captureLog, error) {
 func (s *Store) run() {
 	defer close(s.done)
 	// Writing files out is background work: run it on a thread the kernel
-	// schedules only when the CPU is otherwise idle, so it never delays a
-	// commit. (Under a load that leaves no idle time, the log grows until it
-	// has some.)
+	// schedules only when the CPU is otherwise idle, and only once commits
+	// pause (writeOutIdle) or the backlog grows past writeOutBacklog, so it
+	// does not compete with a burst of commits for the filesystem.
 	runtime.LockOSThread()
 	if err := unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}, 0); err != nil {
 		unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
 	}
+	draining := false
 	for {
-		worked := s.writeOut()
 		s.mu.Lock()
-		closed := s.closed
+		closed, backlog, idle := s.closed, s.backlog, time.Since(s.lastAppend) >= writeOutIdle
 		s.mu.Unlock()
-		if closed && !worked {
+		switch {
+		case backlog >= writeOutBacklog:
+			draining = true
+		case backlog < writeOutBacklog/2 && !idle && !closed:
+			draining = false
+		}
+		if backlog > 0 && (draining || idle || closed) {
+			s.writeOut()
+			continue
+		}
+		if closed {
 			return
 		}
-		if !worked {
+		if backlog == 0 {
 			s.trim(false)
-			select {
-			case <-s.wake:
-			case <-time.After(time.Second):
-			}
+		}
+		wait := writeOutIdle
+		if backlog == 0 {
+			wait = time.Second
+		}
+		select {
+		case <-s.wake:
+		case <-time.After(wait):
 		}
 	}
 }
+
+// writeOutIdle is how long commits must pause before the writer starts, and
+// writeOutBacklog the logged bytes at which it starts anyway.
+const (
+	writeOutIdle    = 20 * time.Millisecond
+	writeOutBacklog = logTrimSize
+)
 
 // writeOut writes the oldest queued record of each log; it reports whether
 // there was any.
@@ -305,6 +335,7 @@ func (s *Store) writeOut() bool {
 		}
 		s.mu.Lock()
 		l.queue = l.queue[1:]
+		s.backlog -= int64(r.n)
 		s.mu.Unlock()
 	}
 	return len(todo) > 0
