@@ -296,6 +296,7 @@ func (db *DB) walTryCommit(head, page []byte) error {
 			return nil
 		}
 	}
+	shrunk := commit < db.commit
 	err := db.record(commitSpec{
 		pageSize: w.hdr.PageSize,
 		commit:   commit,
@@ -311,9 +312,11 @@ func (db *DB) walTryCommit(head, page []byte) error {
 	}
 	db.needFull = false
 	w.advance(k, s1, s2, pages)
-	for p := range w.index {
-		if p > commit {
-			delete(w.index, p)
+	if shrunk {
+		for p := range w.index {
+			if p > commit {
+				delete(w.index, p) // cut off by the shrink
+			}
 		}
 	}
 	return nil
