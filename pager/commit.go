@@ -1,7 +1,7 @@
 package pager
 
 import (
-		"fmt"
+	"fmt"
 	"io"
 	"time"
 

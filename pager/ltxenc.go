@@ -37,7 +37,6 @@ type indexEntry struct {
 	offset, size int64
 }
 
-
 var errWriterState = errors.New("ltx writer used out of order")
 
 // begin starts a file on w with header h.

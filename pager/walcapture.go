@@ -38,7 +38,7 @@ type walCapture struct {
 type pendingFrame struct {
 	head   [WALFrameHeaderSize]byte // the frame header as written
 	mask   uint32                   // which bytes of head were written
-	done   bool    // the last byte of the frame was written
+	done   bool                     // the last byte of the frame was written
 	commit uint32
 }
 
@@ -298,10 +298,10 @@ func (db *DB) walTryCommit(head, page []byte) error {
 	}
 	shrunk := commit < db.commit
 	err := db.record(commitSpec{
-		pageSize: w.hdr.PageSize,
-		commit:   commit,
-		full:     full,
-		pages:    src,
+		pageSize:  w.hdr.PageSize,
+		commit:    commit,
+		full:      full,
+		pages:     src,
 		walOffset: start,
 		walSize:   total,
 		walSalt1:  w.hdr.Salt1,
