@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc64"
 	"io"
 	"io/fs"
@@ -36,6 +37,10 @@ import (
 type Store struct {
 	*FileReplica
 	log *slog.Logger
+
+	// OnAppend, if set before the first Append, is called after each commit
+	// is stored (outside the store's lock): the uploader's wake-up.
+	OnAppend func(db string, maxTXID ltx.TXID)
 
 	mu     sync.Mutex
 	logs   map[string]*captureLog
@@ -139,6 +144,44 @@ func (s *Store) Recover(db string) error {
 // Append stores one LTX file of db, whose bytes write produces. With durable
 // set it is on stable storage when Append returns.
 func (s *Store) Append(db string, minTXID, maxTXID ltx.TXID, write func(io.Writer) error, durable bool) error {
+	if err := s.append(db, minTXID, maxTXID, write, durable); err != nil {
+		return err
+	}
+	if s.OnAppend != nil {
+		s.OnAppend(db, maxTXID)
+	}
+	return nil
+}
+
+// ReadLTX returns the bytes of one stored commit, from the capture log while
+// it is there, else from its file (complete once it has left the log).
+func (s *Store) ReadLTX(db string, minTXID, maxTXID ltx.TXID) ([]byte, error) {
+	s.mu.Lock()
+	if l := s.logs[db]; l != nil {
+		for i := len(l.queue) - 1; i >= 0; i-- {
+			if r := l.queue[i]; r.min == minTXID && r.max == maxTXID {
+				data := make([]byte, r.n)
+				m, err := unix.Pread(l.fd, data, r.off)
+				s.mu.Unlock()
+				if err == nil && m != r.n {
+					err = io.ErrUnexpectedEOF
+				}
+				if err != nil {
+					return nil, &os.PathError{Op: "read", Path: l.path, Err: err}
+				}
+				return data, nil
+			}
+		}
+	}
+	s.mu.Unlock()
+	data, err := os.ReadFile(filepath.Join(s.Root, LTXPath(db, 0, minTXID, maxTXID)))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", LTXPath(db, 0, minTXID, maxTXID), ErrNotFound)
+	}
+	return data, err
+}
+
+func (s *Store) append(db string, minTXID, maxTXID ltx.TXID, write func(io.Writer) error, durable bool) error {
 	l, err := s.captureLog(db)
 	if err != nil {
 		return err

@@ -118,9 +118,9 @@ type Mount struct {
 
 // startMount runs `sqlfs mount -data data mnt` and returns once the mount is
 // up. The mount is stopped when the test ends, whatever happens.
-func startMount(t *testing.T, data, mnt string) *Mount {
+func startMount(t *testing.T, data, mnt string, flags ...string) *Mount {
 	t.Helper()
-	m, err := tryStartMount(t, data, mnt)
+	m, err := tryStartMount(t, data, mnt, flags...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,11 +129,12 @@ func startMount(t *testing.T, data, mnt string) *Mount {
 
 // tryStartMount is startMount returning why sqlfs did not mount instead of
 // failing the test.
-func tryStartMount(t *testing.T, data, mnt string) (*Mount, error) {
+func tryStartMount(t *testing.T, data, mnt string, flags ...string) (*Mount, error) {
 	t.Helper()
 	needE2E(t)
 	m := &Mount{t: t, Data: data, Dir: mnt, log: &syncBuffer{}, done: make(chan struct{})}
-	m.cmd = exec.Command(sqlfsBin, "mount", "-data", data, mnt)
+	args := append(append([]string{"mount", "-data", data}, flags...), mnt)
+	m.cmd = exec.Command(sqlfsBin, args...)
 	m.cmd.Stdout = m.log
 	m.cmd.Stderr = m.log
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}

@@ -112,8 +112,11 @@ func (hf *historyFlags) resolve(fs *flag.FlagSet, pos []string) (*history, error
 		return nil, usagef("give -data or a replica URL, not both")
 	}
 	u, err := url.Parse(pos[0])
+	if err == nil && u.Scheme == "s3" {
+		return hf.resolveS3(u, pos[0])
+	}
 	if err != nil || u.Scheme != "file" || (u.Host != "" && u.Host != "localhost") || !filepath.IsAbs(u.Path) {
-		return nil, usagef("replica URL %q: want file:///absolute/path", pos[0])
+		return nil, usagef("replica URL %q: want file:///absolute/path or s3://bucket/prefix", pos[0])
 	}
 	dir := filepath.Clean(u.Path)
 	parent, name := filepath.Split(dir)
@@ -124,6 +127,31 @@ func (hf *historyFlags) resolve(fs *flag.FlagSet, pos []string) (*history, error
 		return &history{replica: ship.OpenLocal(parent), where: pos[0], db: name}, nil
 	}
 	return &history{replica: ship.OpenLocal(dir), where: pos[0], db: hf.db}, nil
+}
+
+// resolveS3 opens an S3 replica URL that names either a mount's replica root
+// or one database's history (a prefix holding a 0000 level).
+func (hf *historyFlags) resolveS3(u *url.URL, raw string) (*history, error) {
+	ctx := context.Background()
+	prefix := strings.Trim(u.Path, "/")
+	if i := strings.LastIndex(prefix, "/"); prefix != "" {
+		parent := *u
+		parent.Path = "/" + prefix[:max(i, 0)]
+		name := prefix[i+1:]
+		if pr, err := ship.OpenReplica(ctx, parent.String()); err == nil {
+			if files, err := pr.LTXFiles(ctx, name, 0); err == nil && len(files) > 0 {
+				if hf.db != "" && hf.db != name {
+					return nil, usagef("%s holds the history of %s, not -db %s", raw, name, hf.db)
+				}
+				return &history{replica: pr, where: raw, db: name}, nil
+			}
+		}
+	}
+	r, err := ship.OpenReplica(ctx, raw)
+	if err != nil {
+		return nil, err
+	}
+	return &history{replica: r, where: raw, db: hf.db}, nil
 }
 
 // pickOnlyDatabase sets h.db to the replica's one database, or explains why

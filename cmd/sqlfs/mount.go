@@ -37,6 +37,10 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	verbose := fset.Bool("v", false, "log every capture event (debug)")
 	fuseDebug := fset.Bool("fuse-debug", false, "log every FUSE request")
 	cpuProfile := fset.String("cpuprofile", "", "write a CPU profile to this file until unmount")
+	replicaURL := fset.String("replica", "", "ship every commit to this replica (`URL`: s3://bucket/prefix or file:///dir)")
+	syncReplica := fset.Bool("sync-replica", false, "an fsync returns only once the replica has every commit up to it (RPO 0)")
+	syncTimeout := fset.Duration("sync-timeout", 10*time.Second, "with -sync-replica, how long an fsync waits for the replica before failing with EIO")
+	shutdownTimeout := fset.Duration("shutdown-timeout", 10*time.Second, "at unmount, how long to wait for pending uploads")
 	if err := parseFlags(fset, args, stdout); err != nil {
 		return err
 	}
@@ -79,8 +83,18 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	store := ship.OpenStore(dd.ltx(), log)
 	defer store.Close()
+	if *syncReplica && *replicaURL == "" {
+		return usagef("-sync-replica needs -replica")
+	}
+	var rep *replication
+	if *replicaURL != "" {
+		if rep, err = startReplication(ctx, *replicaURL, store, *syncReplica, *syncTimeout, log); err != nil {
+			return err
+		}
+		defer rep.stop(*shutdownTimeout, log)
+	}
 	openDB := func(name string) (*pager.DB, error) {
-		return openCapture(dd, store, name, log)
+		return openCapture(dd, store, rep, name, log)
 	}
 	live := sqlfuse.NewLive(dd.root(), openDB)
 	defer closeCaptures(live, dd, log)
@@ -97,6 +111,11 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		live.Add(db)
+		if rep != nil {
+			if err := rep.up.Start(ctx, name, db.Pos().TXID); err != nil {
+				return err
+			}
+		}
 	}
 
 	root, err := live.Root()
@@ -275,7 +294,7 @@ func isSQLiteFile(path string) bool {
 }
 
 // openCapture starts capture of one database at the end of its history.
-func openCapture(dd dataDir, store *ship.Store, name string, log *slog.Logger) (*pager.DB, error) {
+func openCapture(dd dataDir, store *ship.Store, rep *replication, name string, log *slog.Logger) (*pager.DB, error) {
 	ctx := context.Background()
 	if err := store.RemoveTemp(name); err != nil {
 		return nil, err
@@ -290,7 +309,7 @@ func openCapture(dd dataDir, store *ship.Store, name string, log *slog.Logger) (
 	return pager.Open(pager.Config{
 		Name:      name,
 		Path:      filepath.Join(dd.root(), name),
-		Sink:      storeSink{store, name},
+		Sink:      storeSink{store: store, rep: rep, db: name},
 		Log:       log,
 		Last:      last,
 		StatePath: filepath.Join(dd.state(), name),
@@ -336,18 +355,6 @@ func lastFile(ctx context.Context, store *ship.Store, name string) (*pager.LastF
 	}
 	return &last, nil
 }
-
-// storeSink puts one database's LTX files in the local store.
-type storeSink struct {
-	store *ship.Store
-	db    string
-}
-
-func (s storeSink) WriteLTX(minTXID, maxTXID ltx.TXID, write func(io.Writer) error, durable bool) error {
-	return s.store.Append(s.db, minTXID, maxTXID, write, durable)
-}
-
-func (s storeSink) Sync() error { return s.store.SyncDB(s.db) }
 
 // closeCaptures saves each database's page checksums for the next mount.
 func closeCaptures(live *sqlfuse.Live, dd dataDir, log *slog.Logger) {

@@ -1,0 +1,140 @@
+package ship
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/superfly/ltx"
+	"golang.org/x/sys/unix"
+)
+
+// ReplicaClient is a place LTX files are shipped to and read back from.
+//
+// Invariant: an LTX file, once stored under its name, is never replaced.
+// PutLTX is conditional, so of two writers racing for the same name exactly
+// one succeeds and the other learns it lost (ErrExists).
+type ReplicaClient interface {
+	Replica
+	// PutLTX stores one LTX file. It fails with ErrExists (errors.Is) if the
+	// object already exists: uploads are conditional (If-None-Match: *), so
+	// two writers cannot clobber each other. createdAt is the commit time,
+	// stored as object metadata where the backend has it.
+	PutLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, data []byte, createdAt time.Time) error
+	// DeleteLTX removes one file; a missing file is not an error.
+	DeleteLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) error
+	// String names the replica for messages (the URL, without credentials).
+	String() string
+}
+
+// ErrExists is returned by PutLTX when the file is already in the replica.
+var ErrExists = errors.New("already exists")
+
+var _ ReplicaClient = (*FileReplica)(nil)
+
+// PutLTX stores one LTX file durably: the bytes go to a temporary file that
+// is fsynced and then hard-linked to the final name, so the file appears
+// complete or not at all, and an existing file makes the link, and PutLTX,
+// fail with ErrExists. The file's modification time is set to createdAt
+// (unless zero), which LTXFiles reports as CreatedAt. The directory is
+// fsynced before PutLTX returns.
+func (r *FileReplica) PutLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, data []byte, createdAt time.Time) (err error) {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	rel := LTXPath(db, level, minTXID, maxTXID)
+	final := filepath.Join(r.Root, rel)
+	dir := filepath.Dir(final)
+	if err := r.mkdirDurable(dir); err != nil {
+		return err
+	}
+	// A name of our own (CreateTemp), so two writers never share a temp file;
+	// the .tmp suffix lets RemoveTemp clean up after a crash.
+	f, err := os.CreateTemp(dir, filepath.Base(final)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+		unix.Unlink(tmp)
+	}()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if !createdAt.IsZero() {
+		ts := []unix.Timespec{unix.NsecToTimespec(createdAt.UnixNano()), unix.NsecToTimespec(createdAt.UnixNano())}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, tmp, ts, 0); err != nil {
+			return &os.PathError{Op: "utimes", Path: tmp, Err: err}
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	err = f.Close()
+	f = nil
+	if err != nil {
+		return err
+	}
+	if err := unix.Link(tmp, final); errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("%s: %w", rel, ErrExists)
+	} else if err != nil {
+		return &os.LinkError{Op: "link", Old: tmp, New: final, Err: err}
+	}
+	if err := unix.Unlink(tmp); err != nil && !errors.Is(err, unix.ENOENT) {
+		return &os.PathError{Op: "unlink", Path: tmp, Err: err}
+	}
+	return syncDir(dir)
+}
+
+// mkdirDurable creates dir and any missing parents, fsyncing the parent of
+// each directory it creates so the new entries survive a crash.
+func (r *FileReplica) mkdirDurable(dir string) error {
+	r.mu.Lock()
+	made := r.made[dir]
+	r.mu.Unlock()
+	if made {
+		return nil
+	}
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		parent := filepath.Dir(dir)
+		if parent != dir {
+			if err := r.mkdirDurable(parent); err != nil {
+				return err
+			}
+		}
+		if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		if err := syncDir(parent); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.made[dir] = true
+	r.mu.Unlock()
+	return nil
+}
+
+// DeleteLTX removes one LTX file; a missing file is not an error. The removal
+// is not fsynced: a file that comes back after a crash is only kept longer.
+func (r *FileReplica) DeleteLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return r.Remove(db, level, minTXID, maxTXID)
+}
+
+// String is the replica's file:// URL.
+func (r *FileReplica) String() string {
+	return (&url.URL{Scheme: "file", Path: r.Root}).String()
+}

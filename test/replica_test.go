@@ -1,0 +1,156 @@
+package test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// replicaTXIDs lists the TXIDs a replica URL holds for one database with
+// `sqlfs ltx -json URL -db NAME`; nil when it has none yet.
+func replicaTXIDs(t *testing.T, url, db string) []uint64 {
+	t.Helper()
+	res := runSqlfs(t, "ltx", "-json", "-db", db, url)
+	if res.code != 0 {
+		if strings.Contains(res.stderr, "no history") {
+			return nil
+		}
+		t.Fatalf("sqlfs ltx %s: exit %d: %s", url, res.code, res.stderr)
+	}
+	var rows []struct {
+		Min json.RawMessage `json:"min_txid"`
+		Max json.RawMessage `json:"max_txid"`
+	}
+	if err := json.Unmarshal([]byte(res.stdout), &rows); err != nil {
+		t.Fatalf("sqlfs ltx -json: %v\n%s", err, res.stdout)
+	}
+	var out []uint64
+	for _, r := range rows {
+		out = append(out, parseJSONTXID(t, r.Max))
+	}
+	return out
+}
+
+// waitReplica waits until the replica's history of db is exactly 1..want.
+func waitReplica(t *testing.T, url, db string, want uint64) {
+	t.Helper()
+	var got []uint64
+	ok := waitFor(30*time.Second, func() bool {
+		got = replicaTXIDs(t, url, db)
+		return uint64(len(got)) == want && (want == 0 || got[len(got)-1] == want)
+	})
+	if !ok {
+		t.Fatalf("replica %s has %d files of %s (last %v), want 1..%d", url, len(got), db, lastOf(got), want)
+	}
+	for i, x := range got {
+		if x != uint64(i+1) {
+			t.Fatalf("replica history of %s has a gap at %d: %v", db, i+1, got)
+		}
+	}
+}
+
+func lastOf(a []uint64) any {
+	if len(a) == 0 {
+		return "none"
+	}
+	return a[len(a)-1]
+}
+
+// restoreURL restores the latest state from a replica root, naming the
+// database by the output's base name, as the playbook does.
+func restoreURL(t *testing.T, url, out string, extra ...string) {
+	t.Helper()
+	args := append(append([]string{"restore", "-o", out}, extra...), url)
+	if res := runSqlfs(t, args...); res.code != 0 {
+		t.Fatalf("sqlfs %s: exit %d: %s", strings.Join(args, " "), res.code, res.stderr)
+	}
+}
+
+// TestReplicaFile: every commit reaches a file replica, restore from it equals
+// the live database, replication resumes after a remount, and a replica that
+// holds another history is left alone.
+func TestReplicaFile(t *testing.T) {
+	data, mnt := newDirs(t)
+	rdir := t.TempDir()
+	url := "file://" + rdir
+	m := startMount(t, data, mnt, "-replica", url)
+	cli := startCLI(t, m.Path("app.db"))
+	cli.exec(t, "PRAGMA journal_mode=WAL;")
+	cli.exec(t, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+	for i := range 40 {
+		cli.exec(t, fmt.Sprintf("INSERT INTO t(v) VALUES('row %d');", i))
+	}
+	want := lastTXID(t, data, "app.db")
+	waitReplica(t, url, "app.db", want)
+	live := dbState(t, m.Path("app.db"))
+	out := filepath.Join(t.TempDir(), "app.db")
+	restoreURL(t, url, out)
+	integrityCheck(t, out)
+	if got := dbState(t, out); got != live {
+		t.Fatal("restore from the file replica differs from the live database")
+	}
+	cli.close(t)
+	m.Stop()
+
+	// Remount: commits made meanwhile ship, and new ones continue.
+	m = startMount(t, data, mnt, "-replica", url)
+	sqlite3Cmd(t, m.Path("app.db"), "INSERT INTO t(v) VALUES('after remount')")
+	waitReplica(t, url, "app.db", lastTXID(t, data, "app.db"))
+	live = dbState(t, m.Path("app.db"))
+	out2 := filepath.Join(t.TempDir(), "app.db")
+	restoreURL(t, url, out2)
+	if got := dbState(t, out2); got != live {
+		t.Fatal("restore after remount differs from the live database")
+	}
+	m.Stop()
+
+	// Another data dir with its own app.db must not overwrite this replica.
+	before := replicaTXIDs(t, url, "app.db")
+	data2, mnt2 := newDirs(t)
+	m2 := startMount(t, data2, mnt2, "-replica", url)
+	sqlite3Cmd(t, m2.Path("app.db"), "CREATE TABLE other(x); INSERT INTO other VALUES(1);")
+	if !waitFor(10*time.Second, func() bool { return strings.Contains(m2.log.String(), "differs") }) {
+		t.Fatalf("no divergence error logged:\n%s", m2.log)
+	}
+	m2.Stop()
+	if after := replicaTXIDs(t, url, "app.db"); len(after) != len(before) {
+		t.Fatalf("replica changed from %d to %d files by a foreign history", len(before), len(after))
+	}
+	out3 := filepath.Join(t.TempDir(), "app.db")
+	restoreURL(t, url, out3)
+	if got := dbState(t, out3); got != live {
+		t.Fatal("replica content changed by a foreign history")
+	}
+}
+
+// TestReplicaSync: with -sync-replica, a commit with synchronous=FULL is in
+// the replica when it returns to the application.
+func TestReplicaSync(t *testing.T) {
+	data, mnt := newDirs(t)
+	rdir := t.TempDir()
+	url := "file://" + rdir
+	m := startMount(t, data, mnt, "-replica", url, "-sync-replica")
+	db := openDB(t, m.Path("app.db"), "_journal_mode=WAL&_sync=FULL")
+	if _, err := db.Exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if _, err := db.Exec("INSERT INTO t(v) VALUES(?)", fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+		// No waiting: the commit returned, so the replica has it.
+		n := lastTXID(t, data, "app.db")
+		if got := replicaTXIDs(t, url, "app.db"); uint64(len(got)) != n {
+			t.Fatalf("after commit %d: replica has %d of %d TXIDs", i, len(got), n)
+		}
+	}
+	db.Close()
+	m.Stop()
+	if _, err := os.Stat(rdir); err != nil {
+		t.Fatal(err)
+	}
+}
