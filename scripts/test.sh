@@ -17,6 +17,9 @@ cd "$SQLFS_ROOT"
 
 t0=$EPOCHREALTIME
 sqlfs_setup_path
+# Tests talk to S3 only on loopback: never let the AWS SDK look for EC2
+# instance credentials on the network.
+export AWS_EC2_METADATA_DISABLED=true
 sqlfs_apt_ensure sqlite3:sqlite3 fusermount3:fuse3 gcc:gcc,libc6-dev
 sqlfs_ensure_fuse_dev
 

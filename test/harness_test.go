@@ -44,6 +44,8 @@ var e2eSkip string
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
 
 func testMain(m *testing.M) int {
+	// S3 only on loopback: the AWS SDK must not look for EC2 credentials.
+	os.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	switch {
 	case os.Geteuid() != 0:
 		e2eSkip = "end-to-end tests mount FUSE directly and need root"

@@ -168,7 +168,7 @@ func TestLTXErrors(t *testing.T) {
 		{[]string{"-data", data, "-db", "nope.db"}, 1, "sqlfs ltx: no history for database nope.db in " + root + " (it has app.db, other.db)\n"},
 		{[]string{"-data", empty}, 1, "sqlfs ltx: no database history in " + filepath.Join(empty, "ltx") + "\n"},
 		{[]string{"-data", data, "file://" + root}, 2, "sqlfs ltx: give -data or a replica URL, not both\n"},
-		{[]string{"s3://bucket/x"}, 2, "sqlfs ltx: replica URL \"s3://bucket/x\": want file:///absolute/path\n"},
+		{[]string{"gs://bucket/x"}, 2, "sqlfs ltx: replica URL \"gs://bucket/x\": want file:///absolute/path or s3://bucket/prefix\n"},
 		{[]string{"file://" + filepath.Join(root, "app.db"), "-db", "other.db"}, 2, "sqlfs ltx: file://" + filepath.Join(root, "app.db") + " holds the history of app.db, not -db other.db\n"},
 		{[]string{"-bogus"}, 2, "sqlfs ltx: flag provided but not defined: -bogus\n"},
 	} {
