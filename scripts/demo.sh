@@ -28,8 +28,8 @@ sqlfs_apt_ensure sqlite3:sqlite3
 sqlfs_ensure_fuse_dev
 
 base=$(mktemp -d "${TMPDIR:-/tmp}/sqlfs-demo.XXXXXX")
-data=$base/data mnt=$base/mnt
-mkdir -p "$data" "$mnt"
+data=$base/data mnt=$base/mnt replica=$base/replica
+mkdir -p "$data" "$mnt" "$replica"
 mount_pid=
 
 cleanup() {
@@ -63,9 +63,9 @@ else
 fi
 PATH=$base/bin:$PATH
 
-step "Mount: backing files go to $data/root, history to $data/ltx"
-echo "\$ sqlfs mount -data $data $mnt &"
-sqlfs mount -data "$data" "$mnt" >"$base/mount.log" 2>&1 &
+step "Mount: backing files go to $data/root, history to $data/ltx, every commit to the replica $replica"
+echo "\$ sqlfs mount -data $data -replica file://$replica $mnt &"
+sqlfs mount -data "$data" -replica "file://$replica" "$mnt" >"$base/mount.log" 2>&1 &
 mount_pid=$!
 sqlfs_wait_mount "$mnt" "$mount_pid" 30
 echo "mounted (pid $mount_pid): $(grep -F " $mnt " /proc/mounts)"
@@ -117,6 +117,18 @@ got=$(sqlite3 "$base/latest.db" "SELECT count(*) FROM notes")
 want=${counts[-1]}
 echo "latest.db: $got rows (want $want)"
 [[ $got == "$want" ]] || sqlfs_die "the latest restore has $got rows, want $want"
+
+step "Restore the latest state from the replica (database name from -o)"
+for _ in $(seq 100); do
+	[[ $(sqlfs ltx -db app.db "file://$replica" 2>/dev/null | awk 'NR > 1 { m = $2 } END { print m }') == "$(latest_txid)" ]] && break
+	sleep 0.1
+done
+show sqlfs ltx "file://$replica" -db app.db
+mkdir -p "$base/from-replica"
+show sqlfs restore -o "$base/from-replica/app.db" "file://$replica"
+got=$(sqlite3 "$base/from-replica/app.db" "SELECT count(*) FROM notes")
+echo "from-replica/app.db: $got rows (want $want)"
+[[ $got == "$want" ]] || sqlfs_die "the restore from the replica has $got rows, want $want"
 
 step "Unmount (SIGTERM to sqlfs)"
 sqlfs_stop_mount "$mount_pid" "$mnt"
