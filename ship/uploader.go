@@ -50,10 +50,15 @@ type shipState struct {
 	local    ltx.TXID // newest TXID in the local store
 	done     map[ltx.TXID]bool
 	retry    []retryItem
-	err      error // the last upload error, cleared by a success
-	fails    int   // consecutive failures, for backoff
-	starting bool  // Start has not read the replica's position yet
+	err      error    // the last upload error, cleared by a success
+	fails    int      // consecutive failures, for backoff
+	starting bool     // Start has not read the replica's position yet
+	warnAt   ltx.TXID // backlog size that triggers the next warning
 }
+
+// backlogWarn is the backlog (commits not yet in the replica) at which the
+// uploader first warns; each later warning waits for twice the backlog.
+const backlogWarn = 1000
 
 type retryItem struct {
 	txid ltx.TXID
@@ -175,6 +180,11 @@ func (u *Uploader) Notify(db string, txid ltx.TXID) {
 	}
 	if txid > st.local {
 		st.local = txid
+	}
+	if backlog := st.local - st.pos; backlog >= max(st.warnAt, backlogWarn) && !st.starting {
+		u.log.Warn("replication backlog growing", "db", db, "replica", u.replica.String(),
+			"backlog", uint64(backlog), "replica_txid", st.pos, "local_txid", st.local, "last_error", st.err)
+		st.warnAt = 2 * backlog
 	}
 	u.mu.Unlock()
 	u.changed.Broadcast()
@@ -310,6 +320,10 @@ func (u *Uploader) launch(st *shipState, txid ltx.TXID) {
 			for st.done[st.pos+1] {
 				delete(st.done, st.pos+1)
 				st.pos++
+			}
+			if st.warnAt > backlogWarn && st.local-st.pos < backlogWarn/2 {
+				u.log.Info("replica caught up", "db", st.name, "replica", u.replica.String(), "txid", st.pos)
+				st.warnAt = 0
 			}
 		}
 		u.changed.Broadcast()
