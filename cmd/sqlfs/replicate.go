@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/superfly/ltx"
@@ -25,6 +27,20 @@ func startReplication(ctx context.Context, url string, store *ship.Store, sync b
 	replica, err := ship.OpenReplica(ctx, url)
 	if err != nil {
 		return nil, err
+	}
+	// A replica that answers with an error (no such bucket, bad credentials)
+	// is a mistake to report now; one that cannot be reached is an outage
+	// the uploader rides out.
+	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	_, err = replica.Databases(lctx)
+	cancel()
+	var netErr *net.OpError
+	switch {
+	case err == nil:
+	case errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded):
+		log.Warn("replica unreachable; commits wait in the data dir until it is back", "replica", replica.String(), "err", err)
+	default:
+		return nil, fmt.Errorf("replica %s: %w", replica, err)
 	}
 	up := ship.NewUploader(store, replica, log)
 	store.OnAppend = up.Notify
