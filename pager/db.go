@@ -130,152 +130,117 @@ func (db *DB) fail(err error) error {
 	return db.failed
 }
 
-// Write reports that p was written at off to the backing file of kind. Call
-// it after the backing write succeeded; an error means the write must be
-// reported to SQLite as failed.
-func (db *DB) Write(kind FileKind, p []byte, off int64) error {
+// event runs one file event under the lock. Once capture has failed every
+// event reports that failure; an event's own error stops capture.
+func (db *DB) event(fn func() error) error {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	if db.failed != nil {
 		return db.failed
 	}
-	var err error
-	switch kind {
-	case FileWAL:
-		err = db.walWrite(p, off)
-	case FileJournal:
-		err = db.journalWrite(p, off)
-	case FileDB:
-		err = db.dbWrite(off, int64(len(p)))
-	}
-	if err != nil {
+	if err := fn(); err != nil {
 		return db.fail(err)
 	}
 	return nil
 }
 
+// Write reports that p was written at off to the backing file of kind. Call
+// it after the backing write succeeded; an error means the write must be
+// reported to SQLite as failed.
+func (db *DB) Write(kind FileKind, p []byte, off int64) error {
+	return db.event(func() error {
+		switch kind {
+		case FileWAL:
+			return db.walWrite(p, off)
+		case FileJournal:
+			return db.journalWrite(p, off)
+		}
+		return db.dbWrite(off, int64(len(p)))
+	})
+}
+
 // Truncate reports that the backing file of kind was set to size.
 func (db *DB) Truncate(kind FileKind, size int64) error {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	if db.failed != nil {
-		return db.failed
-	}
-	var err error
-	switch kind {
-	case FileWAL:
-		db.walTruncate(size)
-	case FileJournal:
-		if size == 0 {
-			err = db.journalFinalize(finalTruncate)
+	return db.event(func() error {
+		switch kind {
+		case FileWAL:
+			db.walTruncate(size)
+		case FileJournal:
+			if size == 0 {
+				return db.journalFinalize(finalTruncate)
+			}
+		case FileDB:
+			return db.dbWrite(size, 0)
 		}
-	case FileDB:
-		err = db.dbWrite(size, 0)
-	}
-	if err != nil {
-		return db.fail(err)
-	}
-	return nil
+		return nil
+	})
 }
 
 // Sync reports an fsync of the backing file of kind. Call it after the
 // backing fsync succeeded: it returns once every LTX file up to now is durable.
 func (db *DB) Sync(kind FileKind) error {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	if db.failed != nil {
-		return db.failed
-	}
-	if kind == FileJournal {
-		db.jrnl.syncs++
-	}
-	if kind == FileDB && db.jrnl.foreign {
-		if err := db.captureForeign(); err != nil {
-			return db.fail(err)
+	return db.event(func() error {
+		if kind == FileJournal {
+			db.jrnl.syncs++
 		}
-	}
-	if err := db.sink.Sync(); err != nil {
-		return db.fail(err)
-	}
-	return nil
+		if kind == FileDB {
+			if err := db.captureForeign(); err != nil {
+				return err
+			}
+		}
+		return db.sink.Sync()
+	})
 }
 
 // Created reports that the backing file of kind was created, or opened with
 // O_TRUNC (then size is 0).
 func (db *DB) Created(kind FileKind) error {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	if db.failed != nil {
-		return db.failed
-	}
-	db.files.forget(kind)
-	switch kind {
-	case FileJournal:
-		db.jrnl.exists = true
-	case FileWAL:
-		db.walTruncate(0)
-	case FileDB:
-		if err := db.dbWrite(0, 0); err != nil {
-			return db.fail(err)
+	return db.event(func() error {
+		db.files.forget(kind)
+		switch kind {
+		case FileJournal:
+			db.jrnl.exists = true
+		case FileWAL:
+			db.walTruncate(0)
+		case FileDB:
+			return db.dbWrite(0, 0)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // Removed reports that the backing file of kind was unlinked (or renamed away).
 func (db *DB) Removed(kind FileKind) error {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	if db.failed != nil {
-		return db.failed
-	}
-	db.files.forget(kind)
-	var err error
-	switch kind {
-	case FileJournal:
-		err = db.journalFinalize(finalDelete)
-		db.jrnl.exists = false
-	case FileWAL:
-		db.walTruncate(0)
-	case FileDB:
-		err = db.captureDeletion()
-	}
-	if err != nil {
-		return db.fail(err)
-	}
-	return nil
+	return db.event(func() error {
+		db.files.forget(kind)
+		switch kind {
+		case FileJournal:
+			err := db.journalFinalize(finalDelete)
+			db.jrnl.exists = false
+			return err
+		case FileWAL:
+			db.walTruncate(0)
+		case FileDB:
+			return db.captureDeletion()
+		}
+		return nil
+	})
 }
 
 // Replaced reports that a file was renamed over the backing database file:
 // its content is captured now as one commit.
 func (db *DB) Replaced() error {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	if db.failed != nil {
-		return db.failed
-	}
-	db.files.forget(FileDB)
-	db.jrnl.foreign = true
-	if err := db.captureForeign(); err != nil {
-		return db.fail(err)
-	}
-	return nil
+	return db.event(func() error {
+		db.files.forget(FileDB)
+		db.jrnl.foreign = true
+		return db.captureForeign()
+	})
 }
 
 // Closed reports that a handle of the backing database file was closed. A
 // database written by something other than SQLite (cp) is captured now.
 func (db *DB) Closed() error {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	if db.failed != nil {
-		return db.failed
-	}
-	if db.jrnl.foreign {
-		if err := db.captureForeign(); err != nil {
-			return db.fail(err)
-		}
-	}
-	return nil
+	return db.event(db.captureForeign)
 }
 
 // Close saves the page checksums for the next Open and releases backing
