@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -94,13 +93,7 @@ func TestReplicaS3Faults(t *testing.T) {
 	cli.close(t)
 	want := lastTXID(t, data, "app.db")
 	waitReplica(t, url, "app.db", want)
-	live := dbState(t, m.Path("app.db"))
-	out := filepath.Join(t.TempDir(), "app.db")
-	restoreURL(t, url, out)
-	integrityCheck(t, out)
-	if got := dbState(t, out); got != live {
-		t.Fatal("restore from S3 after injected faults differs from the live database")
-	}
+	checkReplicaRestore(t, url, dbState(t, m.Path("app.db")), "after injected faults")
 	t.Logf("%d faults injected over %d requests", proxy.injected.Load(), proxy.n.Load())
 	m.Stop()
 }

@@ -70,6 +70,18 @@ func restoreURL(t *testing.T, url, out string, extra ...string) {
 	}
 }
 
+// checkReplicaRestore restores the latest state from the replica root url and
+// asserts it passes integrity_check and equals the state hash want.
+func checkReplicaRestore(t *testing.T, url, want, what string) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "app.db")
+	restoreURL(t, url, out)
+	integrityCheck(t, out)
+	if got := dbState(t, out); got != want {
+		t.Fatalf("%s: restore from %s differs from the live database", what, url)
+	}
+}
+
 // TestReplicaFile: every commit reaches a file replica, restore from it equals
 // the live database, replication resumes after a remount, and a replica that
 // holds another history is left alone.
@@ -86,13 +98,7 @@ func TestReplicaFile(t *testing.T) {
 	}
 	want := lastTXID(t, data, "app.db")
 	waitReplica(t, url, "app.db", want)
-	live := dbState(t, m.Path("app.db"))
-	out := filepath.Join(t.TempDir(), "app.db")
-	restoreURL(t, url, out)
-	integrityCheck(t, out)
-	if got := dbState(t, out); got != live {
-		t.Fatal("restore from the file replica differs from the live database")
-	}
+	checkReplicaRestore(t, url, dbState(t, m.Path("app.db")), "file replica")
 	cli.close(t)
 	m.Stop()
 
@@ -100,12 +106,8 @@ func TestReplicaFile(t *testing.T) {
 	m = startMount(t, data, mnt, "-replica", url)
 	sqlite3Cmd(t, m.Path("app.db"), "INSERT INTO t(v) VALUES('after remount')")
 	waitReplica(t, url, "app.db", lastTXID(t, data, "app.db"))
-	live = dbState(t, m.Path("app.db"))
-	out2 := filepath.Join(t.TempDir(), "app.db")
-	restoreURL(t, url, out2)
-	if got := dbState(t, out2); got != live {
-		t.Fatal("restore after remount differs from the live database")
-	}
+	live := dbState(t, m.Path("app.db"))
+	checkReplicaRestore(t, url, live, "after remount")
 	m.Stop()
 
 	// Another data dir with its own app.db must not overwrite this replica.
@@ -120,11 +122,7 @@ func TestReplicaFile(t *testing.T) {
 	if after := replicaTXIDs(t, url, "app.db"); len(after) != len(before) {
 		t.Fatalf("replica changed from %d to %d files by a foreign history", len(before), len(after))
 	}
-	out3 := filepath.Join(t.TempDir(), "app.db")
-	restoreURL(t, url, out3)
-	if got := dbState(t, out3); got != live {
-		t.Fatal("replica content changed by a foreign history")
-	}
+	checkReplicaRestore(t, url, live, "after a foreign history tried to ship")
 }
 
 // TestReplicaSync: with -sync-replica, a commit with synchronous=FULL is in

@@ -130,13 +130,7 @@ func TestReplicaS3(t *testing.T) {
 	}
 	s3.start()
 	waitReplica(t, url, "app.db", lastTXID(t, data, "app.db"))
-	live := dbState(t, m.Path("app.db"))
-	out := filepath.Join(t.TempDir(), "app.db")
-	restoreURL(t, url, out)
-	integrityCheck(t, out)
-	if got := dbState(t, out); got != live {
-		t.Fatal("restore from S3 differs from the live database")
-	}
+	checkReplicaRestore(t, url, dbState(t, m.Path("app.db")), "after an outage")
 
 	// kill -9 with a backlog the server never saw: the next mount ships it.
 	s3.stop()
@@ -148,12 +142,7 @@ func TestReplicaS3(t *testing.T) {
 	s3.start()
 	m = startMount(t, data, mnt, "-replica", url)
 	waitReplica(t, url, "app.db", lastTXID(t, data, "app.db"))
-	live = dbState(t, m.Path("app.db"))
-	out2 := filepath.Join(t.TempDir(), "app.db")
-	restoreURL(t, url, out2)
-	if got := dbState(t, out2); got != live {
-		t.Fatal("restore after kill -9 and remount differs from the live database")
-	}
+	checkReplicaRestore(t, url, dbState(t, m.Path("app.db")), "after kill -9 and remount")
 	m.Stop()
 }
 
