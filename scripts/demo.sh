@@ -5,8 +5,21 @@
 # Everything happens in a temp dir that is removed at exit; the mount is
 # stopped (SIGTERM, then unmount) even when a step fails.
 #
+# Replicates every commit to a file replica beside the data dir; with -s3, to a
+# local S3 server instead (versitygw on 127.0.0.1, installed and cached the
+# first time).
+#
 # Environment: SQLFS_BIN=PATH uses that sqlfs binary instead of building one.
 set -euo pipefail
+use_s3=
+case ${1:-} in
+-s3) use_s3=1 ;;
+"") ;;
+*)
+	echo "usage: scripts/demo.sh [-s3]" >&2
+	exit 2
+	;;
+esac
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -30,13 +43,17 @@ sqlfs_ensure_fuse_dev
 base=$(mktemp -d "${TMPDIR:-/tmp}/sqlfs-demo.XXXXXX")
 data=$base/data mnt=$base/mnt replica=$base/replica
 mkdir -p "$data" "$mnt" "$replica"
-mount_pid=
+mount_pid='' s3_pid=''
 
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
 	if [[ -n $mount_pid ]]; then
 		sqlfs_stop_mount "$mount_pid" "$mnt" || rc=1
+	fi
+	if [[ -n $s3_pid ]]; then
+		kill "$s3_pid" 2>/dev/null || true
+		wait "$s3_pid" 2>/dev/null || true
 	fi
 	if ((rc != 0)) && [[ -s $base/mount.log ]]; then
 		sqlfs_say "last lines of the sqlfs log:"
@@ -63,9 +80,27 @@ else
 fi
 PATH=$base/bin:$PATH
 
-step "Mount: backing files go to $data/root, history to $data/ltx, every commit to the replica $replica"
-echo "\$ sqlfs mount -data $data -replica file://$replica $mnt &"
-sqlfs mount -data "$data" -replica "file://$replica" "$mnt" >"$base/mount.log" 2>&1 &
+replica_url=file://$replica
+if [[ -n $use_s3 ]]; then
+	step "Start a local S3 server (versitygw) with a bucket \"backup\""
+	gw=$(sqlfs_install_versitygw)
+	port=$((20000 + RANDOM % 20000))
+	mkdir -p "$base/s3/backup"
+	"$gw" --access demo --secret demosecret --port "127.0.0.1:$port" posix "$base/s3" >"$base/s3.log" 2>&1 &
+	s3_pid=$!
+	export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demosecret AWS_REGION=us-east-1
+	export AWS_ENDPOINT_URL_S3=http://127.0.0.1:$port AWS_EC2_METADATA_DISABLED=true
+	for _ in $(seq 100); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+		sleep 0.1
+	done
+	replica_url=s3://backup/demo
+	echo "versitygw on $AWS_ENDPOINT_URL_S3 (pid $s3_pid); the AWS SDK finds it through AWS_ENDPOINT_URL_S3"
+fi
+
+step "Mount: backing files go to $data/root, history to $data/ltx, every commit to the replica $replica_url"
+echo "\$ sqlfs mount -data $data -replica $replica_url $mnt &"
+sqlfs mount -data "$data" -replica "$replica_url" "$mnt" >"$base/mount.log" 2>&1 &
 mount_pid=$!
 sqlfs_wait_mount "$mnt" "$mount_pid" 30
 echo "mounted (pid $mount_pid): $(grep -F " $mnt " /proc/mounts)"
@@ -120,12 +155,12 @@ echo "latest.db: $got rows (want $want)"
 
 step "Restore the latest state from the replica (database name from -o)"
 for _ in $(seq 100); do
-	[[ $(sqlfs ltx -db app.db "file://$replica" 2>/dev/null | awk 'NR > 1 { m = $2 } END { print m }') == "$(latest_txid)" ]] && break
+	[[ $(sqlfs ltx -db app.db "$replica_url" 2>/dev/null | awk 'NR > 1 { m = $2 } END { print m }') == "$(latest_txid)" ]] && break
 	sleep 0.1
 done
-show sqlfs ltx "file://$replica" -db app.db
+show sqlfs ltx "$replica_url" -db app.db
 mkdir -p "$base/from-replica"
-show sqlfs restore -o "$base/from-replica/app.db" "file://$replica"
+show sqlfs restore -o "$base/from-replica/app.db" "$replica_url"
 got=$(sqlite3 "$base/from-replica/app.db" "SELECT count(*) FROM notes")
 echo "from-replica/app.db: $got rows (want $want)"
 [[ $got == "$want" ]] || sqlfs_die "the restore from the replica has $got rows, want $want"
