@@ -59,18 +59,15 @@ func LTXPath(db string, level int, minTXID, maxTXID ltx.TXID) string {
 type FileReplica struct {
 	Root string
 
-	mu      sync.Mutex
-	made    map[string]bool // level directories known to exist
-	pending map[string]bool // directories holding files not yet fsynced
-	bw      *bufio.Writer   // reused between writes
+	mu    sync.Mutex
+	made  map[string]bool // level directories known to exist
+	dirty bool            // files were written without fsync since the last Sync
+	bw    *bufio.Writer   // reused between writes
 }
-
-// Close releases what the replica holds. It has nothing to release today.
-func (r *FileReplica) Close() error { return nil }
 
 // NewFileReplica returns a replica rooted at dir. The directory need not exist.
 func NewFileReplica(dir string) *FileReplica {
-	return &FileReplica{Root: dir, made: map[string]bool{}, pending: map[string]bool{}}
+	return &FileReplica{Root: dir, made: map[string]bool{}}
 }
 
 var _ Replica = (*FileReplica)(nil)
@@ -222,7 +219,7 @@ func (r *FileReplica) CreateLTX(db string, level int, minTXID, maxTXID ltx.TXID,
 		return syncDir(dir)
 	}
 	r.mu.Lock()
-	r.pending[dir] = true
+	r.dirty = true
 	r.mu.Unlock()
 	return nil
 }
@@ -244,20 +241,21 @@ func (f fdWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// Sync makes every file written so far durable. It flushes the filesystem
-// that holds the root (one syncfs instead of an fsync per file), then the
-// directories that gained entries.
+// Sync makes every file written so far durable, with one syncfs of the
+// filesystem that holds the root (file data and directory entries alike)
+// instead of an fsync per file and directory.
 func (r *FileReplica) Sync() error {
 	r.mu.Lock()
-	if len(r.pending) == 0 {
-		r.mu.Unlock()
+	dirty := r.dirty
+	r.dirty = false
+	r.mu.Unlock()
+	if !dirty {
 		return nil
 	}
-	dirs := r.pending
-	r.pending = map[string]bool{}
-	r.mu.Unlock()
 	if err := r.SyncAll(); err != nil {
-		r.requeue(dirs)
+		r.mu.Lock()
+		r.dirty = true
+		r.mu.Unlock()
 		return err
 	}
 	return nil
@@ -274,14 +272,6 @@ func (r *FileReplica) SyncAll() error {
 		return &os.PathError{Op: "syncfs", Path: r.Root, Err: err}
 	}
 	return nil
-}
-
-func (r *FileReplica) requeue(dirs map[string]bool) {
-	r.mu.Lock()
-	for d := range dirs {
-		r.pending[d] = true
-	}
-	r.mu.Unlock()
 }
 
 // RemoveTemp deletes leftovers of interrupted writes under one database.
@@ -301,15 +291,6 @@ func (r *FileReplica) RemoveTemp(db string) error {
 		}
 	}
 	return nil
-}
-
-// Remove deletes one LTX file (used to drop a torn file found at startup).
-func (r *FileReplica) Remove(db string, level int, minTXID, maxTXID ltx.TXID) error {
-	err := os.Remove(filepath.Join(r.Root, LTXPath(db, level, minTXID, maxTXID)))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	return err
 }
 
 func syncDir(dir string) error {

@@ -131,7 +131,11 @@ func (r *FileReplica) DeleteLTX(ctx context.Context, db string, level int, minTX
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return r.Remove(db, level, minTXID, maxTXID)
+	err := os.Remove(filepath.Join(r.Root, LTXPath(db, level, minTXID, maxTXID)))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
 }
 
 // String is the replica's file:// URL.

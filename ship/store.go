@@ -450,7 +450,7 @@ func (s *Store) Close() error {
 	}
 	s.logs = map[string]*captureLog{}
 	s.mu.Unlock()
-	return s.FileReplica.Close()
+	return nil
 }
 
 const logPrealloc = logTrimSize + 2*logRecordMax
