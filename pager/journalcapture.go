@@ -1,6 +1,7 @@
 package pager
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -121,36 +122,23 @@ func (db *DB) captureForeign() error {
 // produced it. Only written pages (j.dirty) are compared unless the page size
 // changed or there is no base state, in which case every page is recorded.
 func (db *DB) captureFile(durable bool) error {
-	var hb [DBHeaderSize]byte
-	if err := db.files.readAt(FileDB, hb[:], 0); err != nil {
-		return err
-	}
-	size, err := db.files.size(FileDB)
-	if err != nil {
-		return err
-	}
-	if size == 0 {
-		return nil // an empty file is not a database yet
-	}
-	h, err := ParseDBHeader(hb[:])
-	if err != nil {
+	pageSize, commit, err := db.fileSize()
+	if errors.Is(err, ErrNotDatabase) {
 		db.log.Warn("database file is not a SQLite database; not captured", "db", db.name, "err", err)
 		db.needFull = true
 		return nil
-	}
-	commit := uint32(size / int64(h.PageSize))
-	if h.PageCountValid() {
-		commit = h.PageCount
+	} else if err != nil {
+		return err
 	}
 	if commit == 0 {
-		return nil
+		return nil // an empty file is not a database yet
 	}
 	readFile := func(pgno uint32, p []byte) error {
 		return db.files.readAt(FileDB, p, int64(pgno-1)*int64(len(p)))
 	}
-	if db.txid == 0 || db.needFull || h.PageSize != db.pageSize || db.commit == 0 {
-		err := db.record(commitSpec{pageSize: h.PageSize, commit: commit, full: true,
-			pages: db.fullSource(h.PageSize, commit, readFile), durable: durable})
+	if db.txid == 0 || db.needFull || pageSize != db.pageSize || db.commit == 0 {
+		err := db.record(commitSpec{pageSize: pageSize, commit: commit, full: true,
+			pages: db.fullSource(pageSize, commit, readFile), durable: durable})
 		if err == nil {
 			db.needFull = false
 		}
@@ -159,10 +147,10 @@ func (db *DB) captureFile(durable bool) error {
 
 	// Pages written, plus pages the database grew by, minus those that
 	// ended up unchanged (a rolled-back spill writes the old images back).
-	lock := ltx.LockPgno(h.PageSize)
-	ps := int64(h.PageSize)
+	lock := ltx.LockPgno(pageSize)
+	ps := int64(pageSize)
 	var changed []uint32
-	buf := db.pageBuf(h.PageSize)
+	buf := db.pageBuf(pageSize)
 	consider := func(p uint32) error {
 		if p == lock || p > commit {
 			return nil
@@ -194,7 +182,7 @@ func (db *DB) captureFile(durable bool) error {
 	if len(changed) == 0 && commit == db.commit {
 		return nil // nothing changed: a rollback
 	}
-	return db.record(commitSpec{pageSize: h.PageSize, commit: commit, durable: durable,
+	return db.record(commitSpec{pageSize: pageSize, commit: commit, durable: durable,
 		pages: func(yield func(uint32, []byte) error) error {
 			for _, p := range changed {
 				if err := readFile(p, buf); err != nil {

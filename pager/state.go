@@ -24,22 +24,9 @@ type fileState struct {
 // readFiles inspects the database, its WAL and its journal.
 func (db *DB) readFiles() (*fileState, error) {
 	fs := &fileState{}
-	size, err := db.files.size(FileDB)
-	if err != nil {
+	var err error
+	if fs.pageSize, fs.commit, err = db.fileSize(); err != nil && !errors.Is(err, ErrNotDatabase) {
 		return nil, err
-	}
-	if size >= DBHeaderSize {
-		var hb [DBHeaderSize]byte
-		if err := db.files.readAt(FileDB, hb[:], 0); err != nil {
-			return nil, err
-		}
-		if h, err := ParseDBHeader(hb[:]); err == nil {
-			fs.pageSize = h.PageSize
-			fs.commit = uint32(size / int64(h.PageSize))
-			if h.PageCountValid() {
-				fs.commit = h.PageCount
-			}
-		}
 	}
 	if jsize, err := db.files.size(FileJournal); err != nil {
 		return nil, err
@@ -73,6 +60,30 @@ func (db *DB) readFiles() (*fileState, error) {
 	return fs, nil
 }
 
+// fileSize reads the database file's header: its page size and its size in
+// pages (the header's count when SQLite vouches for it, else the file size).
+// An empty file is 0, 0; anything else that is not a database is
+// ErrNotDatabase.
+func (db *DB) fileSize() (pageSize, pages uint32, err error) {
+	size, err := db.files.size(FileDB)
+	if err != nil || size == 0 {
+		return 0, 0, err
+	}
+	var hb [DBHeaderSize]byte
+	if err := db.files.readAt(FileDB, hb[:], 0); err != nil {
+		return 0, 0, err
+	}
+	h, err := ParseDBHeader(hb[:])
+	if err != nil {
+		return 0, 0, err
+	}
+	pages = uint32(size / int64(h.PageSize))
+	if h.PageCountValid() {
+		pages = h.PageCount
+	}
+	return h.PageSize, pages, nil
+}
+
 // computeState reads every page of the committed state, as it stood after
 // the first base committed WAL frames (db.wal.index holds those), and sets
 // the page checksums from it.
@@ -83,21 +94,10 @@ func (db *DB) computeState(fs *fileState, base int) error {
 		db.commit = 0
 		if base > 0 {
 			db.commit = fs.scan.Frames[base-1].Commit
-		} else {
-			size, err := db.files.size(FileDB)
-			if err != nil {
-				return err
-			}
-			var hb [DBHeaderSize]byte
-			if err := db.files.readAt(FileDB, hb[:], 0); err != nil {
-				return err
-			}
-			if h, err := ParseDBHeader(hb[:]); err == nil {
-				db.commit = uint32(size / int64(h.PageSize))
-				if h.PageCountValid() {
-					db.commit = h.PageCount
-				}
-			}
+		} else if _, n, err := db.fileSize(); err == nil {
+			db.commit = n
+		} else if !errors.Is(err, ErrNotDatabase) {
+			return err
 		}
 	}
 	if db.pageSize == 0 {
