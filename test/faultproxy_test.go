@@ -79,9 +79,7 @@ func TestReplicaS3Faults(t *testing.T) {
 	url := s3.url("faults")
 	data, mnt := newDirs(t)
 	m := startMount(t, data, mnt, "-replica", url)
-	cli := startCLI(t, m.Path("app.db"))
-	cli.exec(t, "PRAGMA journal_mode=WAL;")
-	cli.exec(t, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+	cli := startWALTable(t, m)
 	proxy.faulty.Store(true)
 	for i := range 60 {
 		cli.exec(t, fmt.Sprintf("INSERT INTO t(v) VALUES('faulty %d');", i))

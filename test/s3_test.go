@@ -112,9 +112,7 @@ func TestReplicaS3(t *testing.T) {
 	url := s3.url("prod")
 	data, mnt := newDirs(t)
 	m := startMount(t, data, mnt, "-replica", url)
-	cli := startCLI(t, m.Path("app.db"))
-	cli.exec(t, "PRAGMA journal_mode=WAL;")
-	cli.exec(t, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+	cli := startWALTable(t, m)
 	for i := range 30 {
 		cli.exec(t, fmt.Sprintf("INSERT INTO t(v) VALUES('row %d');", i))
 	}
