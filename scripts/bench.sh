@@ -71,11 +71,7 @@ cleanup() {
 	if [[ -n $mount_pid ]]; then
 		sqlfs_stop_mount "$mount_pid" "$mnt" || rc=1
 	fi
-	if [[ -n $(sqlfs_mount_fstype "$mnt") ]]; then
-		sqlfs_say "leaving $base in place: $mnt is still mounted"
-	else
-		rm -rf "$base"
-	fi
+	sqlfs_remove_unless_mounted "$base" "$mnt"
 	exit "$rc"
 }
 trap cleanup EXIT

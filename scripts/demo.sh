@@ -59,11 +59,7 @@ cleanup() {
 		sqlfs_say "last lines of the sqlfs log:"
 		tail -n 20 "$base/mount.log" >&2
 	fi
-	if [[ -n $(sqlfs_mount_fstype "$mnt") ]]; then
-		sqlfs_say "leaving $base in place: $mnt is still mounted"
-	else
-		rm -rf "$base"
-	fi
+	sqlfs_remove_unless_mounted "$base" "$mnt"
 	exit "$rc"
 }
 trap cleanup EXIT

@@ -183,6 +183,16 @@ sqlfs_pgrp_pids() {
 # sqlfs_elapsed START prints the seconds since START (an $EPOCHREALTIME value).
 sqlfs_elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
+# sqlfs_remove_unless_mounted BASE MNT removes the temp dir BASE, unless MNT
+# (inside it) is still mounted: then it is left for a person to look at.
+sqlfs_remove_unless_mounted() {
+	if [[ -n $(sqlfs_mount_fstype "$2") ]]; then
+		sqlfs_say "leaving $1 in place: $2 is still mounted"
+	else
+		rm -rf "$1"
+	fi
+}
+
 # sqlfs_build_cmd OUTDIR builds ./cmd/sqlfs into OUTDIR/sqlfs (from the repo root).
 sqlfs_build_cmd() {
 	(cd "$SQLFS_ROOT" && go build -o "$1/sqlfs" ./cmd/sqlfs)
