@@ -2,7 +2,6 @@ package fuse
 
 import (
 	"context"
-	"os"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -15,8 +14,9 @@ import (
 // closes are reported to pager after they reached the backing file.
 type handle struct {
 	*fs.LoopbackFile
-	db   *pager.DB
-	kind pager.FileKind
+	db    *pager.DB
+	kind  pager.FileKind
+	watch bool // the WAL is in watch mode: catch up before checkpoint writes
 }
 
 var (
@@ -26,12 +26,13 @@ var (
 	_ = (fs.FilePassthroughFder)((*handle)(nil))
 )
 
-func newHandle(fd int, db *pager.DB, kind pager.FileKind) *handle {
-	return wrapHandle(fs.NewLoopbackFileFromOS(os.NewFile(uintptr(fd), "")), db, kind)
-}
-
-func wrapHandle(lf *fs.LoopbackFile, db *pager.DB, kind pager.FileKind) *handle {
-	return &handle{LoopbackFile: lf, db: db, kind: kind}
+// wrapHandle returns the handle for an open captured file of kind: an
+// intercepting handle, or in watch mode for a WAL a passthrough one.
+func wrapHandle(lf *fs.LoopbackFile, db *pager.DB, kind pager.FileKind, watch bool) (fs.FileHandle, uint32) {
+	if watch && kind == pager.FileWAL {
+		return &walHandle{LoopbackFile: lf, db: db}, 0
+	}
+	return &handle{LoopbackFile: lf, db: db, kind: kind, watch: watch}, openFlags(kind)
 }
 
 // openFlags asks the kernel to send the journals' writes as SQLite made
@@ -49,6 +50,14 @@ func openFlags(kind pager.FileKind) uint32 {
 func (h *handle) PassthroughFd() (int, bool) { return -1, false }
 
 func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if h.watch && h.kind == pager.FileDB {
+		// A checkpoint is about to copy WAL frames into the database file,
+		// after which SQLite may restart the WAL over them: every commit in
+		// the WAL must be in history first.
+		if err := h.db.CatchUp(); err != nil {
+			return 0, syscall.EIO
+		}
+	}
 	n, errno := h.LoopbackFile.Write(ctx, data, off)
 	if errno != 0 {
 		return n, errno
@@ -62,9 +71,13 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 // Fsync makes the backing file and the history up to now durable. The two
 // flushes run at once so the filesystem can commit them together.
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	return syncBoth(ctx, h.LoopbackFile, h.db, h.kind, flags)
+}
+
+func syncBoth(ctx context.Context, lf *fs.LoopbackFile, db *pager.DB, kind pager.FileKind, flags uint32) syscall.Errno {
 	done := make(chan error, 1)
-	go func() { done <- h.db.Sync(h.kind) }()
-	errno := h.LoopbackFile.Fsync(ctx, flags)
+	go func() { done <- db.Sync(kind) }()
+	errno := lf.Fsync(ctx, flags)
 	if err := <-done; err != nil && errno == 0 {
 		errno = syscall.EIO
 	}

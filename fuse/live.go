@@ -1,14 +1,20 @@
 // Package fuse serves sqlfs's filesystems: the live passthrough tree over the
 // data dir, whose SQLite files report every write to package pager.
 //
-// Invariant: every byte written to a database, its -wal or its -journal in
-// the mount root reaches the backing file first and pager second, before the
-// write returns to the application; such files never use FUSE passthrough,
-// which would hide their writes. Everything else is a plain loopback.
+// Invariant: every byte written to a database or its -journal in the mount
+// root reaches the backing file first and pager second, before the write
+// returns to the application; such files never use FUSE passthrough, which
+// would hide their writes. A -wal is the same in intercept mode; in watch
+// mode (WatchWAL) it is passthrough, and pager reads its commits back —
+// woken by inotify, and synchronously before every database-file write,
+// WAL truncation, unlink or rename and at every WAL fsync, so no WAL frame
+// can be reused before its commit is in history. Everything else is a plain
+// loopback.
 package fuse
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -29,6 +35,7 @@ type OpenDBFunc func(name string) (*pager.DB, error)
 type Live struct {
 	dir    string
 	openDB OpenDBFunc
+	watch  bool // WALs in watch mode (see WatchWAL)
 
 	mu  sync.Mutex
 	dbs map[string]*pager.DB
@@ -161,7 +168,8 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, syscall.EIO
 		}
 	}
-	return newHandle(fd, db, kind), openFlags(kind), 0
+	fh, fuseFlags := wrapHandle(fs.NewLoopbackFileFromOS(os.NewFile(uintptr(fd), "")), db, kind, n.live.watch)
+	return fh, fuseFlags, 0
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
@@ -182,20 +190,24 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		lf.Release(ctx)
 		return nil, nil, 0, syscall.EIO
 	}
-	return inode, wrapHandle(lf, db, kind), openFlags(kind), 0
+	fh, fuseFlags = wrapHandle(lf, db, kind, n.live.watch)
+	return inode, fh, fuseFlags, 0
 }
 
 // Unlink removes the backing file first: for a DELETE-mode journal the
 // unlink is the commit point, and the commit is recorded once it happened.
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
-	if errno := n.LoopbackNode.Unlink(ctx, name); errno != 0 {
-		return errno
-	}
 	if !n.isRoot() {
-		return 0
+		return n.LoopbackNode.Unlink(ctx, name)
 	}
 	db, kind, errno := n.live.capture(name)
-	if errno != 0 || db == nil {
+	if errno != 0 {
+		return errno
+	}
+	if errno := n.live.catchUp(db, kind); errno != 0 {
+		return errno
+	}
+	if errno := n.LoopbackNode.Unlink(ctx, name); errno != 0 || db == nil {
 		return errno
 	}
 	if err := db.Removed(kind); err != nil {
@@ -205,6 +217,20 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 }
 
 func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if n.isRoot() {
+		if db, kind, errno := n.live.capture(name); errno != 0 {
+			return errno
+		} else if errno := n.live.catchUp(db, kind); errno != 0 {
+			return errno
+		}
+	}
+	if np, ok := newParent.(*node); ok && np.isRoot() {
+		if db, kind, errno := n.live.capture(newName); errno != 0 {
+			return errno
+		} else if errno := n.live.catchUp(db, kind); errno != 0 {
+			return errno
+		}
+	}
 	if errno := n.LoopbackNode.Rename(ctx, name, newParent, newName, flags); errno != 0 {
 		return errno
 	}
@@ -234,21 +260,39 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 }
 
 func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if h, ok := f.(*handle); ok {
+	switch h := f.(type) {
+	case *handle:
 		f = h.LoopbackFile
-	}
-	if errno := n.LoopbackNode.Setattr(ctx, f, in, out); errno != 0 {
-		return errno
+	case *walHandle:
+		f = h.LoopbackFile
 	}
 	size, ok := in.GetSize()
 	if !ok {
-		return 0
+		return n.LoopbackNode.Setattr(ctx, f, in, out)
 	}
 	db, kind, errno := n.captured()
-	if errno != 0 || db == nil {
+	if errno != 0 {
+		return errno
+	}
+	if errno := n.live.catchUp(db, kind); errno != 0 {
+		return errno
+	}
+	if errno := n.LoopbackNode.Setattr(ctx, f, in, out); errno != 0 || db == nil {
 		return errno
 	}
 	if err := db.Truncate(kind, int64(size)); err != nil {
+		return syscall.EIO
+	}
+	return 0
+}
+
+// catchUp brings history up to the WAL before an operation on a database's
+// file of kind that could let SQLite reuse WAL frames (watch mode only).
+func (l *Live) catchUp(db *pager.DB, kind pager.FileKind) syscall.Errno {
+	if !l.watch || db == nil || (kind != pager.FileWAL && kind != pager.FileDB) {
+		return 0
+	}
+	if err := db.CatchUp(); err != nil {
 		return syscall.EIO
 	}
 	return 0

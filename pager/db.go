@@ -23,7 +23,10 @@ import (
 //     to commit (0 for the lock page), and sum is their XOR.
 //   - A commit's LTX is handed to the sink before the event that completed the
 //     commit returns, so the write that completes a commit returns to SQLite
-//     only after its LTX is in the store.
+//     only after its LTX is in the store. In watch mode (Config.Watch) WAL
+//     writes are not events: their commits are handed over by CatchUp, which
+//     the caller runs when the WAL changes and before anything that could
+//     let SQLite reuse WAL frames, and by Sync of the WAL.
 type DB struct {
 	name string
 	path string // backing database file; -wal and -journal sit beside it
@@ -42,6 +45,8 @@ type DB struct {
 	files backing
 	wal   walCapture
 	jrnl  journalCapture
+	watch bool      // the WAL's writes are not reported: CatchUp reads its commits back
+	tail  tailState // watch mode's bookkeeping
 
 	enc encodeBuffers
 }
@@ -90,6 +95,9 @@ type Config struct {
 	// StatePath, if set, is where Close saves page checksums so the next Open
 	// need not read the whole database again.
 	StatePath string
+	// Watch says the WAL's writes will not be reported: its commits are read
+	// back from the backing file by CatchUp and Tail (see waltail.go).
+	Watch bool
 }
 
 // LastFile is what Open needs to know of the newest LTX file in history.
@@ -183,6 +191,11 @@ func (db *DB) Sync(kind FileKind) error {
 		if kind == FileJournal {
 			db.jrnl.syncs++
 		}
+		if kind == FileWAL && db.watch {
+			if _, err := db.walCatchUp(); err != nil {
+				return err
+			}
+		}
 		if kind == FileDB {
 			if err := db.captureForeign(); err != nil {
 				return err
@@ -249,6 +262,11 @@ func (db *DB) Close(statePath string) error {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	var err error
+	if db.failed == nil && db.watch {
+		if _, err = db.walCatchUp(); err != nil {
+			db.fail(err)
+		}
+	}
 	if db.failed == nil && statePath != "" {
 		err = db.saveState(statePath)
 	}

@@ -18,7 +18,7 @@ func Open(cfg Config) (*DB, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	db := &DB{name: cfg.Name, path: cfg.Path, sink: cfg.Sink, log: log}
+	db := &DB{name: cfg.Name, path: cfg.Path, sink: cfg.Sink, log: log, watch: cfg.Watch}
 	db.files.path = cfg.Path
 	db.wal.reset(WALHeader{}, false)
 	db.jrnl.exists = db.files.exists(FileJournal)

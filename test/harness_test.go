@@ -383,6 +383,19 @@ func lastTXID(t *testing.T, data, db string) uint64 {
 	return h[len(h)-1].Max
 }
 
+// waitTXID waits until db's history reaches want, which takes a moment in
+// WAL mode, where sqlfs reads each commit back from the WAL just after SQLite
+// wrote it. It returns the last TXID then (or at the deadline).
+func waitTXID(t *testing.T, data, db string, want uint64) uint64 {
+	t.Helper()
+	var got uint64
+	waitFor(5*time.Second, func() bool {
+		got = lastTXID(t, data, db)
+		return got >= want
+	})
+	return got
+}
+
 // checkHistory asserts db's history is TXIDs 1..want, one file per commit,
 // with no gap.
 func checkHistory(t *testing.T, data, db string, want uint64) {

@@ -15,13 +15,14 @@ import (
 // go-sqlite3 with synchronous=FULL and psow=0, where SQLite pads the WAL
 // after each commit with copies of the commit frame. After every
 // statement it records the TXID history ends at and the state SQLite sees;
+// once (go-intercept) with -wal-capture intercept instead of the default;
 // at the end every recorded TXID is restored and must hold that state.
 func TestMatrix(t *testing.T) {
 	needE2E(t)
 	for _, mode := range []string{"WAL", "DELETE", "TRUNCATE", "PERSIST"} {
 		for _, ps := range []int{512, 4096, 65536} {
-			for _, drv := range []string{"cli", "go", "go-psow0"} {
-				if drv == "go-psow0" && mode != "WAL" {
+			for _, drv := range []string{"cli", "go", "go-psow0", "go-intercept"} {
+				if (drv == "go-psow0" && mode != "WAL") || (drv == "go-intercept" && (mode != "WAL" || ps != 4096)) {
 					continue
 				}
 				t.Run(fmt.Sprintf("%s/%d/%s", mode, ps, drv), func(t *testing.T) {
@@ -167,7 +168,11 @@ type record struct {
 
 func runMatrixCase(t *testing.T, mode string, ps int, drv string) {
 	data, mnt := newDirs(t)
-	m := startMount(t, data, mnt)
+	var flags []string
+	if drv == "go-intercept" {
+		flags = []string{"-wal-capture", "intercept"}
+	}
+	m := startMount(t, data, mnt, flags...)
 	const name = "app.db"
 	path := m.Path(name)
 
@@ -175,7 +180,7 @@ func runMatrixCase(t *testing.T, mode string, ps int, drv string) {
 	switch drv {
 	case "cli":
 		d = cliDriver{startCLI(t, path)}
-	case "go":
+	case "go", "go-intercept":
 		d = newGoDriver(t, path, "")
 	case "go-psow0":
 		d = newGoDriver(t, path, "_synchronous=FULL&psow=0")
@@ -185,8 +190,9 @@ func runMatrixCase(t *testing.T, mode string, ps int, drv string) {
 	var txid uint64
 	for _, s := range matrixWorkload(mode, ps) {
 		d.exec(t, s.sql)
-		got := lastTXID(t, data, name)
-		if want := txid + uint64(s.commits); got != want {
+		want := txid + uint64(s.commits)
+		got := waitTXID(t, data, name, want)
+		if got != want {
 			t.Errorf("after %s (%d commits): history ends at TXID %d, want %d", s.name, s.commits, got, want)
 		}
 		txid = got
@@ -260,7 +266,7 @@ func TestVacuumPageSize(t *testing.T) {
 	var recs []record
 	for i, s := range steps {
 		d.exec(t, s.sql)
-		txid := lastTXID(t, data, name)
+		txid := waitTXID(t, data, name, uint64(i+1))
 		if txid != uint64(i+1) {
 			t.Errorf("step %d: history ends at TXID %d, want %d", i+1, txid, i+1)
 		}

@@ -71,6 +71,14 @@ func restoreURL(t *testing.T, url, out string, extra ...string) {
 
 // startWALTable starts a sqlite3 CLI on the mount's app.db, in WAL mode,
 // with an empty table t(id, v).
+// settle returns once history holds every commit cli made: in WAL mode sqlfs
+// reads commits back from the WAL just after SQLite wrote them, and a
+// checkpoint's first write to the database file waits until it has.
+func settle(t *testing.T, cli *sqliteCLI) {
+	t.Helper()
+	cli.exec(t, "PRAGMA wal_checkpoint;")
+}
+
 func startWALTable(t *testing.T, m *Mount) *sqliteCLI {
 	t.Helper()
 	cli := startCLI(t, m.Path("app.db"))
@@ -103,6 +111,7 @@ func TestReplicaFile(t *testing.T) {
 	for i := range 40 {
 		cli.exec(t, fmt.Sprintf("INSERT INTO t(v) VALUES('row %d');", i))
 	}
+	settle(t, cli)
 	want := lastTXID(t, data, "app.db")
 	waitReplica(t, url, "app.db", want)
 	checkReplicaRestore(t, url, dbState(t, m.Path("app.db")), "file replica")

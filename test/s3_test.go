@@ -116,6 +116,7 @@ func TestReplicaS3(t *testing.T) {
 	for i := range 30 {
 		cli.exec(t, fmt.Sprintf("INSERT INTO t(v) VALUES('row %d');", i))
 	}
+	settle(t, cli)
 	waitReplica(t, url, "app.db", lastTXID(t, data, "app.db"))
 
 	// The server goes away while the application keeps committing.
@@ -127,6 +128,7 @@ func TestReplicaS3(t *testing.T) {
 		t.Fatalf("no failed upload logged while the server was down:\n%s", m.log)
 	}
 	s3.start()
+	settle(t, cli)
 	waitReplica(t, url, "app.db", lastTXID(t, data, "app.db"))
 	checkReplicaRestore(t, url, dbState(t, m.Path("app.db")), "after an outage")
 

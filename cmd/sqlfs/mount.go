@@ -40,6 +40,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	replicaURL := fset.String("replica", "", "ship every commit to this replica (`URL`: s3://bucket/prefix or file:///dir)")
 	syncReplica := fset.Bool("sync-replica", false, "an fsync returns only once the replica has every commit up to it (RPO 0)")
 	syncTimeout := fset.Duration("sync-timeout", 10*time.Second, "with -sync-replica, how long an fsync waits for the replica before failing with EIO")
+	walCapture := fset.String("wal-capture", "watch", "how WAL commits are captured: `watch` (the kernel writes the WAL directly, sqlfs reads each commit back at once and holds checkpoints until it has) or intercept (every WAL write passes through sqlfs)")
 	shutdownTimeout := fset.Duration("shutdown-timeout", 10*time.Second, "at unmount, how long to wait for pending uploads")
 	if err := parseFlags(fset, args, stdout); err != nil {
 		return err
@@ -47,6 +48,10 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if fset.NArg() != 1 {
 		return usagef("want exactly one mount point, got %d arguments", fset.NArg())
 	}
+	if *walCapture != "watch" && *walCapture != "intercept" {
+		return usagef("-wal-capture must be watch or intercept, not %q", *walCapture)
+	}
+	watch := *walCapture == "watch"
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -94,7 +99,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer rep.stop(*shutdownTimeout, log)
 	}
 	openDB := func(name string) (*pager.DB, error) {
-		return openCapture(dd, store, rep, name, log)
+		return openCapture(dd, store, rep, name, watch, log)
 	}
 	live := sqlfuse.NewLive(dd.root(), openDB)
 	defer closeCaptures(live, dd, log)
@@ -118,6 +123,13 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 
+	if watch {
+		stop, err := live.WatchWAL(log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	root, err := live.Root()
 	if err != nil {
 		return err
@@ -294,7 +306,7 @@ func isSQLiteFile(path string) bool {
 }
 
 // openCapture starts capture of one database at the end of its history.
-func openCapture(dd dataDir, store *ship.Store, rep *replication, name string, log *slog.Logger) (*pager.DB, error) {
+func openCapture(dd dataDir, store *ship.Store, rep *replication, name string, watch bool, log *slog.Logger) (*pager.DB, error) {
 	ctx := context.Background()
 	if err := store.RemoveTemp(name); err != nil {
 		return nil, err
@@ -313,6 +325,7 @@ func openCapture(dd dataDir, store *ship.Store, rep *replication, name string, l
 		Log:       log,
 		Last:      last,
 		StatePath: filepath.Join(dd.state(), name),
+		Watch:     watch,
 	})
 }
 
