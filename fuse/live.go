@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -36,6 +37,8 @@ type Live struct {
 	dir    string
 	openDB OpenDBFunc
 	watch  bool // WALs in watch mode (see WatchWAL)
+
+	watchDelay time.Duration // test fault injection: how late the watcher reacts
 
 	mu  sync.Mutex
 	dbs map[string]*pager.DB

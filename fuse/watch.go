@@ -31,6 +31,11 @@ func (l *Live) WatchWAL(log *slog.Logger) (stop func(), err error) {
 	// Close wakes the reader.
 	f := os.NewFile(uintptr(fd), "inotify")
 	l.watch = true
+	// Fault injection for tests: a watcher this slow leaves every commit
+	// to the synchronous catch-ups (checkpoints, fsyncs, truncations).
+	if d, err := time.ParseDuration(os.Getenv("SQLFS_TEST_WATCH_DELAY")); err == nil {
+		l.watchDelay = d
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -62,6 +67,9 @@ func (l *Live) watchLoop(f *os.File, log *slog.Logger) {
 		case errors.Is(err, os.ErrDeadlineExceeded):
 		case err != nil:
 			return // closed
+		}
+		if l.watchDelay > 0 {
+			time.Sleep(l.watchDelay)
 		}
 		clear(woken)
 		for off := 0; off+unix.SizeofInotifyEvent <= n; {

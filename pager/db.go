@@ -79,8 +79,12 @@ type Sink interface {
 	// durable set, once it is also on stable storage. If write fails, nothing
 	// is stored.
 	WriteLTX(minTXID, maxTXID ltx.TXID, write func(io.Writer) error, durable bool) error
-	// Sync makes every file written so far durable.
+	// Sync makes every file written so far durable, and acknowledged.
 	Sync() error
+	// Acknowledge returns once every file written so far is acknowledged by
+	// whatever must have it before a commit counts as safe (a synchronous
+	// replica), without making the store itself durable.
+	Acknowledge() error
 }
 
 // Config says where a database lives and where it stands in its history.
@@ -192,9 +196,14 @@ func (db *DB) Sync(kind FileKind) error {
 			db.jrnl.syncs++
 		}
 		if kind == FileWAL && db.watch {
+			// The WAL fsync makes every commit in it durable in the data
+			// dir, and Open rebuilds history from the WAL after a crash;
+			// the store itself is made durable before a checkpoint lets
+			// SQLite reuse the WAL (CatchUp).
 			if _, err := db.walCatchUp(); err != nil {
 				return err
 			}
+			return db.sink.Acknowledge()
 		}
 		if kind == FileDB {
 			if err := db.captureForeign(); err != nil {
@@ -263,7 +272,7 @@ func (db *DB) Close(statePath string) error {
 	defer db.mu.Unlock()
 	var err error
 	if db.failed == nil && db.watch {
-		if _, err = db.walCatchUp(); err != nil {
+		if err = db.walSettle(); err != nil {
 			db.fail(err)
 		}
 	}

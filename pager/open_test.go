@@ -27,7 +27,8 @@ func (m *memSink) WriteLTX(minTXID, maxTXID ltx.TXID, write func(io.Writer) erro
 	return nil
 }
 
-func (m *memSink) Sync() error { return nil }
+func (m *memSink) Sync() error        { return nil }
+func (m *memSink) Acknowledge() error { return nil }
 
 func (m *memSink) last(t *testing.T) *LastFile {
 	t.Helper()

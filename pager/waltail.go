@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io"
 	"time"
+
+	"github.com/superfly/ltx"
 )
 
 // Watch mode: the WAL is written by the kernel straight to the backing file
@@ -32,11 +34,28 @@ const tailChunk = 1 << 20
 const lazyScanSlack = 64 << 10
 
 // CatchUp records every commit SQLite has completed in the backing WAL since
-// the last one recorded. Call it before any operation that could let SQLite
-// reuse WAL frames: a write to or truncation of the database file (a
-// checkpoint), and a truncation, unlink or rename of the WAL.
+// the last one recorded, and makes history durable. Call it before any
+// operation that could let SQLite reuse WAL frames: a write to or truncation
+// of the database file (a checkpoint), and a truncation, unlink or rename of
+// the WAL.
 func (db *DB) CatchUp() error {
-	return db.event(func() error { _, err := db.walCatchUp(); return err })
+	return db.event(db.walSettle)
+}
+
+// walSettle catches up with the WAL and makes what was recorded since the
+// last time durable: until then the WAL itself is the durable copy.
+func (db *DB) walSettle() error {
+	if _, err := db.walCatchUp(); err != nil {
+		return err
+	}
+	if db.txid == db.tail.synced {
+		return nil
+	}
+	if err := db.sink.Sync(); err != nil {
+		return err
+	}
+	db.tail.synced = db.txid
+	return nil
 }
 
 // Tail is CatchUp for change notifications: it returns retry > 0 instead of
@@ -62,8 +81,9 @@ func (db *DB) Tail() (retry time.Duration, err error) {
 
 // tailState is watch mode's bookkeeping between notifications.
 type tailState struct {
-	next time.Time // no change-notified scan before this
-	buf  []byte
+	next   time.Time // no change-notified scan before this
+	synced ltx.TXID  // history is durable up to here
+	buf    []byte
 }
 
 // walCatchUp reads the backing WAL from the first frame after the last commit

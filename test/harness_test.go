@@ -133,10 +133,28 @@ func startMount(t *testing.T, data, mnt string, flags ...string) *Mount {
 // failing the test.
 func tryStartMount(t *testing.T, data, mnt string, flags ...string) (*Mount, error) {
 	t.Helper()
+	return launchMount(t, nil, data, mnt, flags...)
+}
+
+// startMountEnv is startMount with extra environment variables for sqlfs.
+func startMountEnv(t *testing.T, env []string, data, mnt string, flags ...string) *Mount {
+	t.Helper()
+	m, err := launchMount(t, env, data, mnt, flags...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func launchMount(t *testing.T, env []string, data, mnt string, flags ...string) (*Mount, error) {
+	t.Helper()
 	needE2E(t)
 	m := &Mount{t: t, Data: data, Dir: mnt, log: &syncBuffer{}, done: make(chan struct{})}
 	args := append(append([]string{"mount", "-data", data}, flags...), mnt)
 	m.cmd = exec.Command(sqlfsBin, args...)
+	if env != nil {
+		m.cmd.Env = append(os.Environ(), env...)
+	}
 	m.cmd.Stdout = m.log
 	m.cmd.Stderr = m.log
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}

@@ -92,6 +92,8 @@ func (s storeSink) WriteLTX(minTXID, maxTXID ltx.TXID, write func(io.Writer) err
 	return nil
 }
 
+func (s storeSink) Acknowledge() error { return s.rep.waitReplica(s.db) }
+
 func (s storeSink) Sync() error {
 	if err := s.store.SyncDB(s.db); err != nil {
 		return err
