@@ -1,12 +1,13 @@
 package restore
 
 import (
-	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"hash"
 	"io"
 	"os"
+	"slices"
 
 	"github.com/sqlfs/sqlfs/ship"
 	"github.com/superfly/ltx"
@@ -15,7 +16,8 @@ import (
 // apply writes the database that plan (oldest file first) describes into out
 // and returns what it wrote.
 //
-// It reads the files newest first, so every page is written once, by the
+// It reads the files newest first (downloaded ahead, in parallel, by a
+// fetcher), so every page is written once, by the
 // newest file that has it. Invariant: a page P is written only if no newer
 // file wrote it and P <= limit, the smallest Commit among the files read so
 // far: a commit that truncated the database below P discarded every older
@@ -25,34 +27,45 @@ import (
 // the result is, against the newest file's post-apply checksum. A file whose
 // page size differs from the final database's ends the walk the same way: the
 // page-size change rewrote every page of the new database.
-func apply(ctx context.Context, r ship.Replica, db string, plan []*ltx.FileInfo, out *os.File) (*Result, error) {
+func apply(ctx context.Context, r ship.Replica, db string, plan []*ltx.FileInfo, out *os.File, opt Options) (*Result, error) {
+	newestFirst := slices.Clone(plan)
+	slices.Reverse(newestFirst)
+	if opt.Progress != nil {
+		var total int64
+		for _, fi := range plan {
+			total += fi.Size
+		}
+		opt.Progress.TotalBytes.Store(total)
+		opt.Progress.TotalFiles.Store(int64(len(plan)))
+	}
+	fetch := newFetcher(ctx, r, db, newestFirst, opt.Parallelism, opt.Progress)
+	defer fetch.close()
+
 	var (
 		pw    *pageWriter
 		res   *Result
 		last  *ltxFile // the newest file: its post-apply checksum is the target
 		newer *ltxFile // the file read just before f, one TXID range later
 	)
-	for i := len(plan) - 1; i >= 0; i-- {
+	for _, fi := range newestFirst {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		f, err := openLTX(ctx, r, db, plan[i])
+		f, err := openLTX(db, fi, fetch)
 		if err != nil {
-			return nil, err
+			return nil, cmp.Or(fetch.failure(), err)
 		}
 		if pw == nil {
 			pw = newPageWriter(out, f.hdr.PageSize, f.hdr.Commit)
 			res = &Result{TXID: f.hdr.MaxTXID, PageSize: f.hdr.PageSize, Commit: f.hdr.Commit}
 			last = f
 		} else if f.hdr.PageSize != pw.pageSize {
-			f.rc.Close()
 			break
 		}
-		err = f.applyTo(ctx, pw)
-		f.rc.Close()
-		if err != nil {
-			return nil, err
+		if err := f.applyTo(ctx, pw); err != nil {
+			return nil, cmp.Or(fetch.failure(), err)
 		}
+		fetch.next()
 		if newer != nil && !newer.hdr.NoChecksum() && !f.hdr.NoChecksum() &&
 			newer.hdr.PreApplyChecksum != f.trailer.PostApplyChecksum {
 			return nil, errorf(ErrChecksumMismatch, "%s: pre-apply checksum %s does not match post-apply checksum %s of %s",
@@ -81,27 +94,21 @@ func apply(ctx context.Context, r ship.Replica, db string, plan []*ltx.FileInfo,
 // opened, its trailer once applyTo has verified the whole file.
 type ltxFile struct {
 	path    string // relative to the replica, for messages
-	rc      io.ReadCloser
 	dec     *ltx.Decoder
 	hdr     ltx.Header
 	trailer ltx.Trailer
 }
 
-func openLTX(ctx context.Context, r ship.Replica, db string, fi *ltx.FileInfo) (*ltxFile, error) {
-	rc, err := r.OpenLTX(ctx, db, fi.Level, fi.MinTXID, fi.MaxTXID)
-	if err != nil {
-		return nil, fmt.Errorf("read history of %s: %w", db, err)
-	}
-	f := &ltxFile{path: ship.LTXPath(db, fi.Level, fi.MinTXID, fi.MaxTXID), rc: rc}
-	f.dec = ltx.NewDecoder(bufio.NewReaderSize(rc, 256<<10))
+// openLTX starts decoding one file from rd, which yields its bytes.
+func openLTX(db string, fi *ltx.FileInfo, rd io.Reader) (*ltxFile, error) {
+	f := &ltxFile{path: ship.LTXPath(db, fi.Level, fi.MinTXID, fi.MaxTXID)}
+	f.dec = ltx.NewDecoder(rd)
 	f.dec.SetRetainPageIndex(false)
 	if err := f.dec.DecodeHeader(); err != nil {
-		rc.Close()
 		return nil, f.corrupt(fmt.Errorf("header: %w", err))
 	}
 	f.hdr = f.dec.Header()
 	if f.hdr.MinTXID != fi.MinTXID || f.hdr.MaxTXID != fi.MaxTXID {
-		rc.Close()
 		return nil, f.corrupt(fmt.Errorf("header holds txids %s through %s", f.hdr.MinTXID, f.hdr.MaxTXID))
 	}
 	return f, nil

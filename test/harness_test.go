@@ -309,9 +309,18 @@ type cliResult struct {
 // runSqlfs runs one short sqlfs command (not mount's foreground run).
 func runSqlfs(t *testing.T, args ...string) cliResult {
 	t.Helper()
+	return runSqlfsEnv(t, nil, args...)
+}
+
+// runSqlfsEnv is runSqlfs with env (KEY=value) added to the environment.
+func runSqlfsEnv(t *testing.T, env []string, args ...string) cliResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, sqlfsBin, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

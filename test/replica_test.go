@@ -69,6 +69,19 @@ func restoreURL(t *testing.T, url, out string, extra ...string) {
 	}
 }
 
+// startReplicatedApp mounts a new data dir with -replica url (and extra
+// flags), and commits rows rows to app.db's table t through the sqlite3 CLI.
+func startReplicatedApp(t *testing.T, url string, rows int, extra ...string) (*Mount, *sqliteCLI) {
+	t.Helper()
+	data, mnt := newDirs(t)
+	m := startMount(t, data, mnt, append([]string{"-replica", url}, extra...)...)
+	cli := startWALTable(t, m)
+	for i := range rows {
+		cli.exec(t, fmt.Sprintf("INSERT INTO t(v) VALUES('row %d');", i))
+	}
+	return m, cli
+}
+
 // startWALTable starts a sqlite3 CLI on the mount's app.db, in WAL mode,
 // with an empty table t(id, v).
 func startWALTable(t *testing.T, m *Mount) *sqliteCLI {
