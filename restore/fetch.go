@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -27,9 +28,10 @@ type fetcher struct {
 	wg     sync.WaitGroup
 	prog   *Progress
 
-	cur *chunk // the chunk being read
-	pos int    // read position in cur.buf
-	err error  // why a download failed, once Read has returned it
+	file int    // index of the file being read
+	cur  *chunk // the chunk being read
+	pos  int    // read position in cur.buf
+	err  error  // why a download failed, once Read has returned it
 }
 
 // chunk is one byte range of one file of the plan.
@@ -139,9 +141,14 @@ func fetchChunk(ctx context.Context, r ship.Replica, db string, fi *ltx.FileInfo
 // Read reads the bytes of the current file; it returns io.EOF at its end.
 // next moves to the following file.
 func (f *fetcher) Read(p []byte) (int, error) {
-	for f.cur == nil || f.pos == len(f.cur.buf) {
-		if f.cur != nil && f.cur.last {
-			return 0, io.EOF
+	for {
+		if c := f.cur; c != nil && c.file == f.file {
+			if f.pos < len(c.buf) {
+				break
+			}
+			if c.last {
+				return 0, io.EOF
+			}
 		}
 		c, ok := <-f.queue
 		if !ok {
@@ -154,6 +161,9 @@ func (f *fetcher) Read(p []byte) (int, error) {
 		case <-c.done:
 		case <-f.ctx.Done():
 			return 0, f.ctx.Err()
+		}
+		if c.file < f.file {
+			continue // the rest of a file the reader moved past
 		}
 		if c.err != nil {
 			f.err = c.err
@@ -175,18 +185,27 @@ func (f *fetcher) failure() error {
 	return f.err
 }
 
-// next moves to the first chunk of the next file; the rest of the current
-// one is skipped.
+// next moves to the next file; what the reader left of the current one is
+// skipped.
 func (f *fetcher) next() {
-	for f.cur != nil && !f.cur.last {
-		c, ok := <-f.queue
-		if !ok {
-			break
-		}
-		f.cur = c
-	}
-	f.cur, f.pos = nil, 0
+	f.file++
 	f.prog.addFile()
+}
+
+// Download streams each of files, in the order given, to fn, which must
+// read what it needs before returning. Files are downloaded ahead and in
+// parallel as Restore downloads them, and a dropped read is resumed. The
+// bytes are not verified: that is for whoever decodes them.
+func Download(ctx context.Context, r ship.Replica, db string, files []*ltx.FileInfo, parallelism int, fn func(fi *ltx.FileInfo, rd io.Reader) error) error {
+	f := newFetcher(ctx, r, db, files, parallelism, nil)
+	defer f.close()
+	for _, fi := range files {
+		if err := fn(fi, f); err != nil {
+			return cmp.Or(f.failure(), err)
+		}
+		f.next()
+	}
+	return nil
 }
 
 // close stops every download and waits for the workers.
