@@ -68,11 +68,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sqlfs: unknown command %q (want mount, ltx or restore)\n", cmd)
 		return 2
 	}
+	var exitErr *exitCodeError
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.As(err, &exitErr):
+		return exitErr.code
 	default:
 		fmt.Fprintf(stderr, "sqlfs %s: %v\n", cmd, err)
 		var ue *usageError
