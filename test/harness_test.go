@@ -133,9 +133,25 @@ func startMount(t *testing.T, data, mnt string, flags ...string) *Mount {
 // failing the test.
 func tryStartMount(t *testing.T, data, mnt string, flags ...string) (*Mount, error) {
 	t.Helper()
+	return tryStartMountArgs(t, data, mnt, append(append([]string{"mount", "-data", data}, flags...), mnt)...)
+}
+
+// startMountArgs runs sqlfs with args (a mount command whose mount point
+// is mnt and data dir data, however args say so, e.g. in a config file)
+// and returns once the mount is up, as startMount does.
+func startMountArgs(t *testing.T, data, mnt string, args ...string) *Mount {
+	t.Helper()
+	m, err := tryStartMountArgs(t, data, mnt, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func tryStartMountArgs(t *testing.T, data, mnt string, args ...string) (*Mount, error) {
+	t.Helper()
 	needE2E(t)
 	m := &Mount{t: t, Data: data, Dir: mnt, log: &syncBuffer{}, done: make(chan struct{})}
-	args := append(append([]string{"mount", "-data", data}, flags...), mnt)
 	m.cmd = exec.Command(sqlfsBin, args...)
 	m.cmd.Stdout = m.log
 	m.cmd.Stderr = m.log

@@ -14,17 +14,12 @@ import (
 // replica, gives one line on stderr naming the problem, a non-zero exit, and
 // no file at all in the output directory.
 func TestRestoreBadInput(t *testing.T) {
-	s3 := startS3(t)
-	url := s3.url("prod")
-	m, cli := startReplicatedApp(t, url, 5)
-	cli.close(t)
-	last := lastTXID(t, m.Data, "app.db")
-	waitReplica(t, url, "app.db", last)
+	s3, url, m, last := replicatedDB(t, 5)
 	m.Stop()
 
 	// File replicas copied from the S3 server's files (versitygw keeps
 	// each object as a file): one with a damaged file, one with a gap.
-	corrupt, gap := copyDir(t, filepath.Join(s3.dir, s3Bucket, "prod")), copyDir(t, filepath.Join(s3.dir, s3Bucket, "prod"))
+	corrupt, gap := copyDir(t, filepath.Join(s3.dir, s3Bucket, "backup")), copyDir(t, filepath.Join(s3.dir, s3Bucket, "backup"))
 	damaged := filepath.Join(corrupt, ltxName("app.db", 4))
 	b, err := os.ReadFile(damaged)
 	if err != nil {
