@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"slices"
@@ -57,6 +56,7 @@ func apply(ctx context.Context, r ship.Replica, db string, plan []*ltx.FileInfo,
 		}
 		if pw == nil {
 			pw = newPageWriter(out, f.hdr.PageSize, f.hdr.Commit)
+			defer pw.close()
 			res = &Result{TXID: f.hdr.MaxTXID, PageSize: f.hdr.PageSize, Commit: f.hdr.Commit}
 			last = f
 		} else if f.hdr.PageSize != pw.pageSize {
@@ -152,7 +152,9 @@ const maxRun = 1 << 20
 
 // pageWriter places pages in the output file, records which pages it has
 // written, and folds each into the database checksum. Pages that arrive in
-// order (as they do within one file) are gathered into one write.
+// order (as they do within one file) are gathered into runs; a second
+// goroutine checksums and writes each run while the decoder fills the next,
+// so decoding and writing use two cores.
 type pageWriter struct {
 	out       *os.File
 	pageSize  uint32
@@ -161,15 +163,29 @@ type pageWriter struct {
 	limit     uint32   // smallest Commit seen; pages above it are not written
 	written   []uint64 // bit pgno-1 is set once page pgno is written
 	firstHole uint64   // every page below it is written (or is the lock page)
-	sum       ltx.Checksum
-	hasher    hash.Hash64
 
 	runStart uint32 // pgno of the first page in run
-	run      []byte // pages not yet written to out
+	run      []byte // pages not yet handed to the writer
+
+	runs chan pageRun // to the writer goroutine
+	free chan []byte  // run buffers the writer is done with
+	done chan struct{}
+	sum  ltx.Checksum // of the pages written; the writer's until done is closed
+	err  error        // the writer's first error; valid once done is closed
 }
 
+// pageRun is a run of contiguous pages starting at pgno.
+type pageRun struct {
+	pgno uint32
+	data []byte
+}
+
+// runBuffers is how many runs can be in flight between the decoder and the
+// writer.
+const runBuffers = 4
+
 func newPageWriter(out *os.File, pageSize, commit uint32) *pageWriter {
-	return &pageWriter{
+	w := &pageWriter{
 		out:       out,
 		pageSize:  pageSize,
 		commit:    commit,
@@ -177,9 +193,34 @@ func newPageWriter(out *os.File, pageSize, commit uint32) *pageWriter {
 		limit:     commit,
 		written:   make([]uint64, (uint64(commit)+63)/64),
 		firstHole: 1,
-		sum:       ltx.ChecksumFlag,
-		hasher:    ltx.NewHasher(),
+		runs:      make(chan pageRun, runBuffers),
+		free:      make(chan []byte, runBuffers+1),
+		done:      make(chan struct{}),
 	}
+	for range runBuffers + 1 {
+		w.free <- make([]byte, 0, maxRun)
+	}
+	w.run = <-w.free
+	go w.writeRuns(w.runs)
+	return w
+}
+
+// writeRuns checksums and writes each run, until runs is closed.
+func (w *pageWriter) writeRuns(runs <-chan pageRun) {
+	defer close(w.done)
+	hasher := ltx.NewHasher()
+	sum := ltx.ChecksumFlag
+	for r := range runs {
+		if w.err == nil {
+			for off := 0; off < len(r.data); off += int(w.pageSize) {
+				pgno := r.pgno + uint32(off)/w.pageSize
+				sum = ltx.ChecksumFlag | (sum ^ ltx.ChecksumPageWithHasher(hasher, pgno, r.data[off:off+int(w.pageSize)]))
+			}
+			_, w.err = w.out.WriteAt(r.data, int64(r.pgno-1)*int64(w.pageSize))
+		}
+		w.free <- r.data[:0]
+	}
+	w.sum = sum
 }
 
 func (w *pageWriter) has(pgno uint32) bool {
@@ -197,26 +238,34 @@ func (w *pageWriter) put(pgno uint32, data []byte) error {
 	}
 	next := w.runStart + uint32(len(w.run))/w.pageSize
 	if len(w.run) > 0 && (pgno != next || len(w.run)+len(data) > maxRun) {
-		if err := w.flush(); err != nil {
-			return err
-		}
+		w.flush()
 	}
 	if len(w.run) == 0 {
 		w.runStart = pgno
 	}
 	w.run = append(w.run, data...)
 	w.written[(pgno-1)/64] |= 1 << ((pgno - 1) % 64)
-	w.sum = ltx.ChecksumFlag | (w.sum ^ ltx.ChecksumPageWithHasher(w.hasher, pgno, data))
 	return nil
 }
 
-func (w *pageWriter) flush() error {
+// flush hands the pending run to the writer.
+func (w *pageWriter) flush() {
 	if len(w.run) == 0 {
-		return nil
+		return
 	}
-	_, err := w.out.WriteAt(w.run, int64(w.runStart-1)*int64(w.pageSize))
-	w.run = w.run[:0]
-	return err
+	w.runs <- pageRun{pgno: w.runStart, data: w.run}
+	w.run = <-w.free
+}
+
+// close stops the writer and returns its error. Safe to call more than once.
+func (w *pageWriter) close() error {
+	if w.runs != nil {
+		w.flush()
+		close(w.runs)
+		w.runs = nil
+	}
+	<-w.done
+	return w.err
 }
 
 // complete reports whether older files can add nothing: every page up to
@@ -231,7 +280,7 @@ func (w *pageWriter) complete() bool {
 // finish writes what is pending, folds the pages no file wrote (zeros) into
 // the checksum, sets the file size, and returns the database checksum.
 func (w *pageWriter) finish() (ltx.Checksum, error) {
-	if err := w.flush(); err != nil {
+	if err := w.close(); err != nil {
 		return 0, err
 	}
 	var zeros *zeroPageSums
