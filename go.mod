@@ -13,6 +13,7 @@ require (
 	github.com/pierrec/lz4/v4 v4.1.23
 	github.com/superfly/ltx v0.5.3
 	golang.org/x/sys v0.50.0
+	gopkg.in/yaml.v3 v3.0.1
 )
 
 require (

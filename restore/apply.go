@@ -1,12 +1,12 @@
 package restore
 
 import (
-	"bufio"
+	"cmp"
 	"context"
 	"fmt"
-	"hash"
 	"io"
 	"os"
+	"slices"
 
 	"github.com/sqlfs/sqlfs/ship"
 	"github.com/superfly/ltx"
@@ -15,7 +15,8 @@ import (
 // apply writes the database that plan (oldest file first) describes into out
 // and returns what it wrote.
 //
-// It reads the files newest first, so every page is written once, by the
+// It reads the files newest first (downloaded ahead, in parallel, by a
+// fetcher), so every page is written once, by the
 // newest file that has it. Invariant: a page P is written only if no newer
 // file wrote it and P <= limit, the smallest Commit among the files read so
 // far: a commit that truncated the database below P discarded every older
@@ -25,34 +26,46 @@ import (
 // the result is, against the newest file's post-apply checksum. A file whose
 // page size differs from the final database's ends the walk the same way: the
 // page-size change rewrote every page of the new database.
-func apply(ctx context.Context, r ship.Replica, db string, plan []*ltx.FileInfo, out *os.File) (*Result, error) {
+func apply(ctx context.Context, r ship.Replica, db string, plan []*ltx.FileInfo, out *os.File, opt Options) (*Result, error) {
+	newestFirst := slices.Clone(plan)
+	slices.Reverse(newestFirst)
+	if opt.Progress != nil {
+		var total int64
+		for _, fi := range plan {
+			total += fi.Size
+		}
+		opt.Progress.TotalBytes.Store(total)
+		opt.Progress.TotalFiles.Store(int64(len(plan)))
+	}
+	fetch := newFetcher(ctx, r, db, newestFirst, opt.Parallelism, opt.Progress)
+	defer fetch.close()
+
 	var (
 		pw    *pageWriter
 		res   *Result
 		last  *ltxFile // the newest file: its post-apply checksum is the target
 		newer *ltxFile // the file read just before f, one TXID range later
 	)
-	for i := len(plan) - 1; i >= 0; i-- {
+	for _, fi := range newestFirst {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		f, err := openLTX(ctx, r, db, plan[i])
+		f, err := openLTX(db, fi, fetch)
 		if err != nil {
-			return nil, err
+			return nil, cmp.Or(fetch.failure(), err)
 		}
 		if pw == nil {
 			pw = newPageWriter(out, f.hdr.PageSize, f.hdr.Commit)
+			defer pw.close()
 			res = &Result{TXID: f.hdr.MaxTXID, PageSize: f.hdr.PageSize, Commit: f.hdr.Commit}
 			last = f
 		} else if f.hdr.PageSize != pw.pageSize {
-			f.rc.Close()
 			break
 		}
-		err = f.applyTo(ctx, pw)
-		f.rc.Close()
-		if err != nil {
-			return nil, err
+		if err := f.applyTo(ctx, pw); err != nil {
+			return nil, cmp.Or(fetch.failure(), err)
 		}
+		fetch.next()
 		if newer != nil && !newer.hdr.NoChecksum() && !f.hdr.NoChecksum() &&
 			newer.hdr.PreApplyChecksum != f.trailer.PostApplyChecksum {
 			return nil, errorf(ErrChecksumMismatch, "%s: pre-apply checksum %s does not match post-apply checksum %s of %s",
@@ -81,27 +94,21 @@ func apply(ctx context.Context, r ship.Replica, db string, plan []*ltx.FileInfo,
 // opened, its trailer once applyTo has verified the whole file.
 type ltxFile struct {
 	path    string // relative to the replica, for messages
-	rc      io.ReadCloser
 	dec     *ltx.Decoder
 	hdr     ltx.Header
 	trailer ltx.Trailer
 }
 
-func openLTX(ctx context.Context, r ship.Replica, db string, fi *ltx.FileInfo) (*ltxFile, error) {
-	rc, err := r.OpenLTX(ctx, db, fi.Level, fi.MinTXID, fi.MaxTXID)
-	if err != nil {
-		return nil, fmt.Errorf("read history of %s: %w", db, err)
-	}
-	f := &ltxFile{path: ship.LTXPath(db, fi.Level, fi.MinTXID, fi.MaxTXID), rc: rc}
-	f.dec = ltx.NewDecoder(bufio.NewReaderSize(rc, 256<<10))
+// openLTX starts decoding one file from rd, which yields its bytes.
+func openLTX(db string, fi *ltx.FileInfo, rd io.Reader) (*ltxFile, error) {
+	f := &ltxFile{path: ship.LTXPath(db, fi.Level, fi.MinTXID, fi.MaxTXID)}
+	f.dec = ltx.NewDecoder(rd)
 	f.dec.SetRetainPageIndex(false)
 	if err := f.dec.DecodeHeader(); err != nil {
-		rc.Close()
 		return nil, f.corrupt(fmt.Errorf("header: %w", err))
 	}
 	f.hdr = f.dec.Header()
 	if f.hdr.MinTXID != fi.MinTXID || f.hdr.MaxTXID != fi.MaxTXID {
-		rc.Close()
 		return nil, f.corrupt(fmt.Errorf("header holds txids %s through %s", f.hdr.MinTXID, f.hdr.MaxTXID))
 	}
 	return f, nil
@@ -145,7 +152,9 @@ const maxRun = 1 << 20
 
 // pageWriter places pages in the output file, records which pages it has
 // written, and folds each into the database checksum. Pages that arrive in
-// order (as they do within one file) are gathered into one write.
+// order (as they do within one file) are gathered into runs; a second
+// goroutine checksums and writes each run while the decoder fills the next,
+// so decoding and writing use two cores.
 type pageWriter struct {
 	out       *os.File
 	pageSize  uint32
@@ -154,15 +163,29 @@ type pageWriter struct {
 	limit     uint32   // smallest Commit seen; pages above it are not written
 	written   []uint64 // bit pgno-1 is set once page pgno is written
 	firstHole uint64   // every page below it is written (or is the lock page)
-	sum       ltx.Checksum
-	hasher    hash.Hash64
 
 	runStart uint32 // pgno of the first page in run
-	run      []byte // pages not yet written to out
+	run      []byte // pages not yet handed to the writer
+
+	runs chan pageRun // to the writer goroutine
+	free chan []byte  // run buffers the writer is done with
+	done chan struct{}
+	sum  ltx.Checksum // of the pages written; the writer's until done is closed
+	err  error        // the writer's first error; valid once done is closed
 }
 
+// pageRun is a run of contiguous pages starting at pgno.
+type pageRun struct {
+	pgno uint32
+	data []byte
+}
+
+// runBuffers is how many runs can be in flight between the decoder and the
+// writer.
+const runBuffers = 4
+
 func newPageWriter(out *os.File, pageSize, commit uint32) *pageWriter {
-	return &pageWriter{
+	w := &pageWriter{
 		out:       out,
 		pageSize:  pageSize,
 		commit:    commit,
@@ -170,9 +193,34 @@ func newPageWriter(out *os.File, pageSize, commit uint32) *pageWriter {
 		limit:     commit,
 		written:   make([]uint64, (uint64(commit)+63)/64),
 		firstHole: 1,
-		sum:       ltx.ChecksumFlag,
-		hasher:    ltx.NewHasher(),
+		runs:      make(chan pageRun, runBuffers),
+		free:      make(chan []byte, runBuffers+1),
+		done:      make(chan struct{}),
 	}
+	for range runBuffers + 1 {
+		w.free <- make([]byte, 0, maxRun)
+	}
+	w.run = <-w.free
+	go w.writeRuns(w.runs)
+	return w
+}
+
+// writeRuns checksums and writes each run, until runs is closed.
+func (w *pageWriter) writeRuns(runs <-chan pageRun) {
+	defer close(w.done)
+	hasher := ltx.NewHasher()
+	sum := ltx.ChecksumFlag
+	for r := range runs {
+		if w.err == nil {
+			for off := 0; off < len(r.data); off += int(w.pageSize) {
+				pgno := r.pgno + uint32(off)/w.pageSize
+				sum = ltx.ChecksumFlag | (sum ^ ltx.ChecksumPageWithHasher(hasher, pgno, r.data[off:off+int(w.pageSize)]))
+			}
+			_, w.err = w.out.WriteAt(r.data, int64(r.pgno-1)*int64(w.pageSize))
+		}
+		w.free <- r.data[:0]
+	}
+	w.sum = sum
 }
 
 func (w *pageWriter) has(pgno uint32) bool {
@@ -190,26 +238,34 @@ func (w *pageWriter) put(pgno uint32, data []byte) error {
 	}
 	next := w.runStart + uint32(len(w.run))/w.pageSize
 	if len(w.run) > 0 && (pgno != next || len(w.run)+len(data) > maxRun) {
-		if err := w.flush(); err != nil {
-			return err
-		}
+		w.flush()
 	}
 	if len(w.run) == 0 {
 		w.runStart = pgno
 	}
 	w.run = append(w.run, data...)
 	w.written[(pgno-1)/64] |= 1 << ((pgno - 1) % 64)
-	w.sum = ltx.ChecksumFlag | (w.sum ^ ltx.ChecksumPageWithHasher(w.hasher, pgno, data))
 	return nil
 }
 
-func (w *pageWriter) flush() error {
+// flush hands the pending run to the writer.
+func (w *pageWriter) flush() {
 	if len(w.run) == 0 {
-		return nil
+		return
 	}
-	_, err := w.out.WriteAt(w.run, int64(w.runStart-1)*int64(w.pageSize))
-	w.run = w.run[:0]
-	return err
+	w.runs <- pageRun{pgno: w.runStart, data: w.run}
+	w.run = <-w.free
+}
+
+// close stops the writer and returns its error. Safe to call more than once.
+func (w *pageWriter) close() error {
+	if w.runs != nil {
+		w.flush()
+		close(w.runs)
+		w.runs = nil
+	}
+	<-w.done
+	return w.err
 }
 
 // complete reports whether older files can add nothing: every page up to
@@ -224,7 +280,7 @@ func (w *pageWriter) complete() bool {
 // finish writes what is pending, folds the pages no file wrote (zeros) into
 // the checksum, sets the file size, and returns the database checksum.
 func (w *pageWriter) finish() (ltx.Checksum, error) {
-	if err := w.flush(); err != nil {
+	if err := w.close(); err != nil {
 		return 0, err
 	}
 	var zeros *zeroPageSums

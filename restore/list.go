@@ -65,15 +65,9 @@ func List(ctx context.Context, r ship.Replica, db string) ([]FileEntry, error) {
 // to the time the listing reported: a listing is informational, and restore
 // reports such files itself. Only a cancelled context is an error.
 func headerTime(ctx context.Context, r ship.Replica, db string, fi *ltx.FileInfo) (time.Time, error) {
-	fallback := fi.CreatedAt.UTC()
-	rc, err := r.OpenLTX(ctx, db, fi.Level, fi.MinTXID, fi.MaxTXID)
-	if err != nil {
-		return fallback, ctx.Err()
+	ts, err := commitTime(ctx, r, db, fi)
+	if err != nil || ts.UnixMilli() <= 0 {
+		return fi.CreatedAt.UTC(), ctx.Err()
 	}
-	defer rc.Close()
-	hdr, _, err := ltx.DecodeHeader(rc)
-	if err != nil || hdr.Timestamp <= 0 || hdr.MinTXID != fi.MinTXID || hdr.MaxTXID != fi.MaxTXID {
-		return fallback, ctx.Err()
-	}
-	return time.UnixMilli(hdr.Timestamp).UTC(), nil
+	return ts, nil
 }

@@ -16,6 +16,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/sqlfs/sqlfs/ship"
 	"github.com/superfly/ltx"
@@ -41,6 +42,11 @@ var (
 	// ErrCorrupt means an LTX file could not be decoded or failed its own
 	// file checksum.
 	ErrCorrupt = errors.New("corrupt LTX file")
+	// ErrBeforeHistory means a restore by time asked for a time before the
+	// first commit.
+	ErrBeforeHistory = errors.New("before the first commit")
+	// ErrCheckFailed means the restored database failed Options.Check.
+	ErrCheckFailed = errors.New("restored database failed its check")
 	// ErrOutputExists means the output path (or a journal or WAL beside it
 	// that SQLite would apply to the restored file) already exists.
 	ErrOutputExists = errors.New("output exists")
@@ -74,6 +80,18 @@ type Options struct {
 	Output string
 	// TXID is the transaction to restore to; 0 means the latest.
 	TXID ltx.TXID
+	// Time, if set (and TXID is 0), restores the newest commit at or before
+	// it, by the commit time in the LTX headers (see TXIDAt).
+	Time time.Time
+	// Parallelism is how many reads are in flight at once; 0 means
+	// DefaultParallelism.
+	Parallelism int
+	// Progress, if set, is updated as files are downloaded and applied.
+	Progress *Progress
+	// Check, if set, is run on the finished, fsynced file (under a
+	// temporary name) before it is renamed into place; an error leaves no
+	// output and is returned matching ErrCheckFailed.
+	Check func(ctx context.Context, path string) error
 }
 
 // Result describes a restored database. Only valid when Restore returns nil.
@@ -102,7 +120,13 @@ func Restore(ctx context.Context, r ship.Replica, db string, opt Options) (res *
 	if err := checkOutput(opt.Output); err != nil {
 		return nil, err
 	}
-	plan, err := Plan(ctx, r, db, opt.TXID)
+	target := opt.TXID
+	if target == 0 && !opt.Time.IsZero() {
+		if target, err = TXIDAt(ctx, r, db, opt.Time); err != nil {
+			return nil, err
+		}
+	}
+	plan, err := Plan(ctx, r, db, target)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +145,7 @@ func Restore(ctx context.Context, r ship.Replica, db string, opt Options) (res *
 		}
 	}()
 
-	res, err = apply(ctx, r, db, plan, f)
+	res, err = apply(ctx, r, db, plan, f, opt)
 	if err != nil {
 		return nil, err
 	}
@@ -131,6 +155,12 @@ func Restore(ctx context.Context, r ship.Replica, db string, opt Options) (res *
 	closed = true
 	if err := f.Close(); err != nil {
 		return nil, fmt.Errorf("restore %s: %w", db, err)
+	}
+	if opt.Check != nil {
+		if err := opt.Check(ctx, tmp); err != nil {
+			return nil, &kindError{kind: ErrCheckFailed, cause: err,
+				msg: fmt.Sprintf("restored %s at txid %s fails its check: %v", db, res.TXID, err)}
+		}
 	}
 	if err := renameNoReplace(tmp, opt.Output); err != nil {
 		return nil, err

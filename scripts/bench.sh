@@ -180,3 +180,11 @@ for w in "${workloads[@]}"; do
 	# shellcheck disable=SC2059
 	printf "| %s | %s | $fmt | %s | %s |\n" "$w" "$unit" "$n" "$sv" "$ratio"
 done
+
+# ---- restore (issue 4) --------------------------------------------------------
+# SQLFS_BENCH_RESTORE=1 also times `sqlfs restore` of a 1 GiB database from a
+# local S3 server and from a file replica next to cp of the same file
+# (scripts/bench-restore.sh; SQLFS_BENCH_RESTORE_MIB changes the size).
+if [[ ${SQLFS_BENCH_RESTORE:-} == 1 ]]; then
+	"$SQLFS_ROOT/scripts/bench-restore.sh" -size "${SQLFS_BENCH_RESTORE_MIB:-1024}" -rounds "$rounds" -dir "$parent"
+fi

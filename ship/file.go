@@ -43,6 +43,12 @@ type Replica interface {
 	LTXFiles(ctx context.Context, db string, level int) ([]*ltx.FileInfo, error)
 	// OpenLTX opens one LTX file for reading.
 	OpenLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) (io.ReadCloser, error)
+	// ReadLTXRange opens n bytes of one LTX file starting at byte off; n < 0
+	// reads to the end. Readers use it to fetch a large file in parallel
+	// pieces and to resume a read that a dropped connection cut short. A
+	// range past the end of the file yields fewer bytes (possibly none);
+	// a missing file is ErrNotFound.
+	ReadLTXRange(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, off, n int64) (io.ReadCloser, error)
 }
 
 // LevelDir is the relative directory of one level of one database.
@@ -134,6 +140,27 @@ func (r *FileReplica) OpenLTX(ctx context.Context, db string, level int, minTXID
 		return nil, fmt.Errorf("%s: %w", LTXPath(db, level, minTXID, maxTXID), ErrNotFound)
 	}
 	return f, err
+}
+
+// ReadLTXRange opens n bytes of one file from byte off (n < 0: to the end).
+func (r *FileReplica) ReadLTXRange(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, off, n int64) (io.ReadCloser, error) {
+	rc, err := r.OpenLTX(ctx, db, level, minTXID, maxTXID)
+	if err != nil {
+		return nil, err
+	}
+	return sectionOf(rc.(*os.File), off, n), nil
+}
+
+// sectionOf reads n bytes of f from off (n < 0: to the end) and closes f
+// when closed.
+func sectionOf(f *os.File, off, n int64) io.ReadCloser {
+	if n < 0 {
+		n = 1<<63 - 1 - off
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.NewSectionReader(f, off, n), f}
 }
 
 // WriteLTX stores data as one LTX file; see CreateLTX.

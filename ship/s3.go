@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -193,8 +194,35 @@ func cmpTXID(a, b ltx.TXID) int {
 // OpenLTX streams one LTX file. A missing file is ErrNotFound. The SDK
 // retries the request, not a read of the body that fails half way.
 func (r *S3Replica) OpenLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) (io.ReadCloser, error) {
-	key := r.key(db, level, minTXID, maxTXID)
-	out, err := r.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(r.bucket), Key: aws.String(key)})
+	return r.get(ctx, r.key(db, level, minTXID, maxTXID), "")
+}
+
+// ReadLTXRange streams n bytes of one LTX file from byte off (n < 0: to the
+// end) with a ranged GET. A range that starts at or past the end of the
+// object is empty.
+func (r *S3Replica) ReadLTXRange(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, off, n int64) (io.ReadCloser, error) {
+	if n == 0 {
+		return io.NopCloser(bytes.NewReader(nil)), nil
+	}
+	rng := fmt.Sprintf("bytes=%d-", off)
+	if n > 0 {
+		rng += strconv.FormatInt(off+n-1, 10)
+	}
+	rc, err := r.get(ctx, r.key(db, level, minTXID, maxTXID), rng)
+	var ae smithy.APIError
+	if errors.As(err, &ae) && ae.ErrorCode() == "InvalidRange" {
+		return io.NopCloser(bytes.NewReader(nil)), nil
+	}
+	return rc, err
+}
+
+// get fetches one object, or the byte range rng of it ("" for all).
+func (r *S3Replica) get(ctx context.Context, key, rng string) (io.ReadCloser, error) {
+	in := &s3.GetObjectInput{Bucket: aws.String(r.bucket), Key: aws.String(key)}
+	if rng != "" {
+		in.Range = aws.String(rng)
+	}
+	out, err := r.client.GetObject(ctx, in)
 	if err != nil {
 		var nsk *types.NoSuchKey
 		if errors.As(err, &nsk) {

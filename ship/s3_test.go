@@ -74,6 +74,10 @@ func testRoundTrip(t *testing.T, r ReplicaClient) {
 	if _, err := r.OpenLTX(ctx, "app.db", 0, 7, 7); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("OpenLTX of a missing file: %v, want ErrNotFound", err)
 	}
+	checkRanges(t, r, "app.db", 0, 1, 1, content(files[1]))
+	if _, err := r.ReadLTXRange(ctx, "app.db", 0, 7, 7, 2, 3); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("ReadLTXRange of a missing file: %v, want ErrNotFound", err)
+	}
 
 	err = r.PutLTX(ctx, "app.db", 0, 2, 2, []byte("a second writer"), time.Now())
 	if !errors.Is(err, ErrExists) {

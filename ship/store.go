@@ -584,6 +584,11 @@ func (l *Local) LTXFiles(ctx context.Context, db string, level int) ([]*ltx.File
 // OpenLTX opens a logged commit, or else a file of the layout. A commit
 // leaves the log only once its file is complete and durable.
 func (l *Local) OpenLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) (io.ReadCloser, error) {
+	return l.ReadLTXRange(ctx, db, level, minTXID, maxTXID, 0, -1)
+}
+
+// ReadLTXRange reads part of a logged commit, or else of a file of the layout.
+func (l *Local) ReadLTXRange(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, off, n int64) (io.ReadCloser, error) {
 	if level == 0 {
 		recs, err := l.logged(db)
 		if err != nil {
@@ -591,9 +596,13 @@ func (l *Local) OpenLTX(ctx context.Context, db string, level int, minTXID, maxT
 		}
 		for _, r := range recs {
 			if r.min == minTXID && r.max == maxTXID {
-				return io.NopCloser(bytes.NewReader(r.data)), nil
+				data := r.data[min(off, int64(len(r.data))):]
+				if n >= 0 && n < int64(len(data)) {
+					data = data[:n]
+				}
+				return io.NopCloser(bytes.NewReader(data)), nil
 			}
 		}
 	}
-	return l.FileReplica.OpenLTX(ctx, db, level, minTXID, maxTXID)
+	return l.FileReplica.ReadLTXRange(ctx, db, level, minTXID, maxTXID, off, n)
 }

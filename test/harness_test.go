@@ -133,24 +133,41 @@ func startMount(t *testing.T, data, mnt string, flags ...string) *Mount {
 // failing the test.
 func tryStartMount(t *testing.T, data, mnt string, flags ...string) (*Mount, error) {
 	t.Helper()
-	return launchMount(t, nil, data, mnt, flags...)
+	return launchMount(t, nil, data, mnt, mountArgs(data, mnt, flags)...)
+}
+
+func mountArgs(data, mnt string, flags []string) []string {
+	return append(append([]string{"mount", "-data", data}, flags...), mnt)
 }
 
 // startMountEnv is startMount with extra environment variables for sqlfs.
 func startMountEnv(t *testing.T, env []string, data, mnt string, flags ...string) *Mount {
 	t.Helper()
-	m, err := launchMount(t, env, data, mnt, flags...)
+	m, err := launchMount(t, env, data, mnt, mountArgs(data, mnt, flags)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return m
 }
 
-func launchMount(t *testing.T, env []string, data, mnt string, flags ...string) (*Mount, error) {
+// startMountArgs runs sqlfs with args (a mount command whose mount point
+// is mnt and data dir data, however args say so, e.g. in a config file)
+// and returns once the mount is up, as startMount does.
+func startMountArgs(t *testing.T, data, mnt string, args ...string) *Mount {
+	t.Helper()
+	m, err := launchMount(t, nil, data, mnt, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// launchMount runs sqlfs with args and extra environment variables env and
+// returns once the mount at mnt is up.
+func launchMount(t *testing.T, env []string, data, mnt string, args ...string) (*Mount, error) {
 	t.Helper()
 	needE2E(t)
 	m := &Mount{t: t, Data: data, Dir: mnt, log: &syncBuffer{}, done: make(chan struct{})}
-	args := append(append([]string{"mount", "-data", data}, flags...), mnt)
 	m.cmd = exec.Command(sqlfsBin, args...)
 	if env != nil {
 		m.cmd.Env = append(os.Environ(), env...)
@@ -327,9 +344,18 @@ type cliResult struct {
 // runSqlfs runs one short sqlfs command (not mount's foreground run).
 func runSqlfs(t *testing.T, args ...string) cliResult {
 	t.Helper()
+	return runSqlfsEnv(t, nil, args...)
+}
+
+// runSqlfsEnv is runSqlfs with env (KEY=value) added to the environment.
+func runSqlfsEnv(t *testing.T, env []string, args ...string) cliResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, sqlfsBin, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -69,8 +69,20 @@ func restoreURL(t *testing.T, url, out string, extra ...string) {
 	}
 }
 
-// startWALTable starts a sqlite3 CLI on the mount's app.db, in WAL mode,
-// with an empty table t(id, v).
+// startReplicatedApp mounts a new data dir with -replica url (and extra
+// flags), and commits rows rows to app.db's table t through the sqlite3 CLI.
+func startReplicatedApp(t *testing.T, url string, rows int, extra ...string) (*Mount, *sqliteCLI) {
+	t.Helper()
+	data, mnt := newDirs(t)
+	m := startMount(t, data, mnt, append([]string{"-replica", url}, extra...)...)
+	cli := startWALTable(t, m)
+	for i := range rows {
+		cli.exec(t, fmt.Sprintf("INSERT INTO t(v) VALUES('row %d');", i))
+	}
+	settle(t, cli)
+	return m, cli
+}
+
 // settle returns once history holds every commit cli made: in WAL mode sqlfs
 // reads commits back from the WAL just after SQLite wrote them, and a
 // checkpoint's first write to the database file waits until it has.
@@ -79,6 +91,8 @@ func settle(t *testing.T, cli *sqliteCLI) {
 	cli.exec(t, "PRAGMA wal_checkpoint;")
 }
 
+// startWALTable starts a sqlite3 CLI on the mount's app.db, in WAL mode,
+// with an empty table t(id, v).
 func startWALTable(t *testing.T, m *Mount) *sqliteCLI {
 	t.Helper()
 	cli := startCLI(t, m.Path("app.db"))

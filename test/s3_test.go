@@ -110,13 +110,8 @@ func (s *s3Server) stop() {
 func TestReplicaS3(t *testing.T) {
 	s3 := startS3(t)
 	url := s3.url("prod")
-	data, mnt := newDirs(t)
-	m := startMount(t, data, mnt, "-replica", url)
-	cli := startWALTable(t, m)
-	for i := range 30 {
-		cli.exec(t, fmt.Sprintf("INSERT INTO t(v) VALUES('row %d');", i))
-	}
-	settle(t, cli)
+	m, cli := startReplicatedApp(t, url, 30)
+	data, mnt := m.Data, m.Dir
 	waitReplica(t, url, "app.db", lastTXID(t, data, "app.db"))
 
 	// The server goes away while the application keeps committing.

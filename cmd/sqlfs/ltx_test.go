@@ -107,7 +107,7 @@ func TestLTXTable(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 	lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
-	if len(lines) != 4 || !strings.HasPrefix(lines[0], "min_txid          max_txid          size") {
+	if len(lines) != 4 || !strings.HasPrefix(lines[0], "min_txid          max_txid          size") || !strings.HasSuffix(lines[0], "level") {
 		t.Fatalf("output:\n%s", stdout)
 	}
 	col := strings.Index(lines[0], "created")
@@ -115,7 +115,7 @@ func TestLTXTable(t *testing.T) {
 		f := strings.Fields(line)
 		txid := ltx.TXID(i + 1).String()
 		created := ltx.FormatTimestamp(historyStart.Add(time.Duration(i) * time.Second))
-		if len(f) != 4 || f[0] != txid || f[1] != txid || f[3] != created || strings.Index(line, created) != col {
+		if len(f) != 5 || f[0] != txid || f[1] != txid || f[3] != created || f[4] != "0" || strings.Index(line, created) != col {
 			t.Fatalf("row %d: %q", i, line)
 		}
 	}
@@ -166,9 +166,12 @@ func TestLTXErrors(t *testing.T) {
 	}{
 		{[]string{"-data", data}, 2, "sqlfs ltx: " + root + " holds several databases (app.db, other.db): choose one with -db\n"},
 		{[]string{"-data", data, "-db", "nope.db"}, 1, "sqlfs ltx: no history for database nope.db in " + root + " (it has app.db, other.db)\n"},
-		{[]string{"-data", empty}, 1, "sqlfs ltx: no database history in " + filepath.Join(empty, "ltx") + "\n"},
+		{[]string{"-data", empty}, 1, "sqlfs ltx: data dir " + empty + " holds no history (" + filepath.Join(empty, "ltx") + " does not exist)\n"},
 		{[]string{"-data", data, "file://" + root}, 2, "sqlfs ltx: give -data or a replica URL, not both\n"},
-		{[]string{"gs://bucket/x"}, 2, "sqlfs ltx: replica URL \"gs://bucket/x\": want file:///absolute/path or s3://bucket/prefix\n"},
+		{[]string{"gs://bucket/x"}, 2, "sqlfs ltx: unknown replica URL scheme \"gs\" (want file:// or s3://)\n"},
+		{[]string{"file://relative/x"}, 2, "sqlfs ltx: replica URL \"file://relative/x\": a file URL needs an absolute path (file:///abs/path)\n"},
+		{[]string{"file://" + filepath.Join(empty, "nope")}, 1, "sqlfs ltx: replica file://" + filepath.Join(empty, "nope") + " does not exist\n"},
+		{[]string{"-replica", "file://" + root, "file://" + root}, 2, "sqlfs ltx: give the replica URL as an argument or with -replica, not both\n"},
 		{[]string{"file://" + filepath.Join(root, "app.db"), "-db", "other.db"}, 2, "sqlfs ltx: file://" + filepath.Join(root, "app.db") + " holds the history of app.db, not -db other.db\n"},
 		{[]string{"-bogus"}, 2, "sqlfs ltx: flag provided but not defined: -bogus\n"},
 	} {

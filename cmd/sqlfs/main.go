@@ -20,9 +20,12 @@ import (
 const usage = `sqlfs - SQLite on FUSE with every commit captured, shipped and restorable
 
 Usage:
-  sqlfs mount   [-data DIR] MOUNTPOINT
+  sqlfs mount   [-data DIR] [-replica URL] [-restore-if-missing] [-exec CMD] MOUNTPOINT
   sqlfs ltx     [-json] [-data DIR] [-db NAME] [URL]
-  sqlfs restore -o PATH [-txid TXID] [-data DIR] [-db NAME] [URL]
+  sqlfs restore -o PATH [-txid TXID | -timestamp RFC3339] [-if-db-not-exists]
+                [-if-replica-exists] [-integrity-check] [-data DIR] [-db NAME] [URL]
+
+Every command takes -config FILE (YAML; /etc/sqlfs.yml when it exists).
 
 Run 'sqlfs COMMAND -h' for the flags of one command.
 `
@@ -65,11 +68,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sqlfs: unknown command %q (want mount, ltx or restore)\n", cmd)
 		return 2
 	}
+	var exitErr *exitCodeError
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.As(err, &exitErr):
+		return exitErr.code
 	default:
 		fmt.Fprintf(stderr, "sqlfs %s: %v\n", cmd, err)
 		var ue *usageError
@@ -82,15 +88,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // newFlagSet returns a FlagSet that reports errors instead of exiting or
 // printing: the caller turns them into one line.
+// Every command takes -config.
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("sqlfs "+name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
+	addConfigFlag(fs)
 	return fs
 }
 
-// parseFlags parses args. -h prints the command's flags to stdout and returns
-// flag.ErrHelp; any other flag error becomes a usage error (one line, exit 2).
+// parseFlags parses args, then takes the value of every flag the command line
+// did not set from the config file (see applyConfig). -h prints the
+// command's flags to stdout and returns flag.ErrHelp; any other flag or
+// config error becomes a usage error (one line, exit 2).
 func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	if err := parseCommandLine(fs, args, stdout); err != nil {
+		return err
+	}
+	return applyConfig(fs)
+}
+
+// parseCommandLine is parseFlags without the config file.
+func parseCommandLine(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	err := fs.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(stdout)

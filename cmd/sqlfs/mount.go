@@ -42,16 +42,24 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	syncTimeout := fset.Duration("sync-timeout", 10*time.Second, "with -sync-replica, how long an fsync waits for the replica before failing with EIO")
 	walCapture := fset.String("wal-capture", "watch", "how WAL commits are captured: `watch` (the kernel writes the WAL directly, sqlfs reads each commit back at once and holds checkpoints until it has) or intercept (every WAL write passes through sqlfs)")
 	shutdownTimeout := fset.Duration("shutdown-timeout", 10*time.Second, "at unmount, how long to wait for pending uploads")
+	restoreIfMissing := fset.Bool("restore-if-missing", false, "first restore every database of the replica that the data dir lacks; its history continues")
+	execCmd := fset.String("exec", "", "once mounted, run `CMD` with sh -c; stop when it exits, with its exit code")
+	mountPoint := fset.String("mount-point", "", "mount at `DIR` (the same as giving MOUNTPOINT as an argument)")
 	if err := parseFlags(fset, args, stdout); err != nil {
 		return err
 	}
-	if fset.NArg() != 1 {
+	if fset.NArg() == 1 {
+		*mountPoint = fset.Arg(0)
+	} else if fset.NArg() > 1 || *mountPoint == "" {
 		return usagef("want exactly one mount point, got %d arguments", fset.NArg())
 	}
 	if *walCapture != "watch" && *walCapture != "intercept" {
 		return usagef("-wal-capture must be watch or intercept, not %q", *walCapture)
 	}
 	watch := *walCapture == "watch"
+	if *restoreIfMissing && *replicaURL == "" {
+		return usagef("-restore-if-missing needs -replica")
+	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -68,7 +76,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		defer pprof.StopCPUProfile()
 	}
-	mnt, err := filepath.Abs(fset.Arg(0))
+	mnt, err := filepath.Abs(*mountPoint)
 	if err != nil {
 		return err
 	}
@@ -90,6 +98,11 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer store.Close()
 	if *syncReplica && *replicaURL == "" {
 		return usagef("-sync-replica needs -replica")
+	}
+	if *replicaURL != "" {
+		if err := seedFromReplica(ctx, dd, store, *replicaURL, *restoreIfMissing, log); err != nil {
+			return err
+		}
 	}
 	var rep *replication
 	if *replicaURL != "" {
@@ -142,6 +155,9 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	done := make(chan struct{})
 	go func() { server.Wait(); close(done) }()
+	if *execCmd != "" {
+		return runApp(*execCmd, server, mnt, done, stdout, stderr, log)
+	}
 	select {
 	case <-done:
 		log.Info("unmounted from outside", "mountpoint", mnt)

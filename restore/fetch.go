@@ -1,0 +1,237 @@
+package restore
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sqlfs/sqlfs/ship"
+	"github.com/superfly/ltx"
+)
+
+// fetcher downloads the files of a plan in the order apply reads them, in
+// chunks fetched by several workers at once with ranged reads, so a restore
+// keeps many requests in flight whether the history is one large snapshot
+// or thousands of small commits.
+//
+// Invariant: chunks reach the reader in file order and byte order; at most
+// 2*parallelism+1 chunks are held in memory at any time. A chunk whose read
+// is cut short (a dropped connection) is resumed from the byte it reached.
+type fetcher struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	queue  chan *chunk // in order; closed after the last chunk
+	wg     sync.WaitGroup
+	prog   *Progress
+
+	file int    // index of the file being read
+	cur  *chunk // the chunk being read
+	pos  int    // read position in cur.buf
+	err  error  // why a download failed, once Read has returned it
+}
+
+// chunk is one byte range of one file of the plan.
+type chunk struct {
+	file int // index in the fetch order
+	off  int64
+	buf  []byte
+	last bool // the file's final chunk
+	err  error
+	done chan struct{}
+}
+
+const (
+	// chunkSize is the most bytes one ranged read asks for.
+	chunkSize = 4 << 20
+	// maxResumes is how often one chunk is resumed after a read that failed
+	// half way before the restore gives up.
+	maxResumes = 5
+	// DefaultParallelism is how many reads a restore keeps in flight unless
+	// told otherwise.
+	DefaultParallelism = 8
+)
+
+// newFetcher starts downloading files (in the order given) from r.
+func newFetcher(ctx context.Context, r ship.Replica, db string, files []*ltx.FileInfo, parallelism int, prog *Progress) *fetcher {
+	if parallelism < 1 {
+		parallelism = DefaultParallelism
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	f := &fetcher{ctx: ctx, cancel: cancel, queue: make(chan *chunk, parallelism), prog: prog}
+	work := make(chan *chunk)
+	for range parallelism {
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			for c := range work {
+				c.err = fetchChunk(ctx, r, db, files[c.file], c, prog)
+				close(c.done)
+			}
+		}()
+	}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		defer close(f.queue)
+		defer close(work)
+		for i, fi := range files {
+			for off := int64(0); off < fi.Size || off == 0; off += chunkSize {
+				n := min(chunkSize, fi.Size-off)
+				c := &chunk{file: i, off: off, buf: make([]byte, max(n, 0)), last: off+chunkSize >= fi.Size, done: make(chan struct{})}
+				select {
+				case work <- c:
+				case <-ctx.Done():
+					return
+				}
+				select {
+				case f.queue <- c:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return f
+}
+
+// fetchChunk fills c.buf from the file's bytes at c.off, resuming a read
+// that fails after the request succeeded. A request that fails outright is
+// not retried here: the replica client already retried it.
+func fetchChunk(ctx context.Context, r ship.Replica, db string, fi *ltx.FileInfo, c *chunk, prog *Progress) error {
+	path := ship.LTXPath(db, fi.Level, fi.MinTXID, fi.MaxTXID)
+	got, resumes := 0, 0
+	for {
+		rc, err := r.ReadLTXRange(ctx, db, fi.Level, fi.MinTXID, fi.MaxTXID, c.off+int64(got), int64(len(c.buf)-got))
+		if err != nil {
+			return fmt.Errorf("read history of %s: %w", db, err)
+		}
+		n, err := io.ReadFull(rc, c.buf[got:])
+		rc.Close()
+		got += n
+		prog.addBytes(int64(n))
+		switch {
+		case err == nil:
+			return nil
+		case err == io.EOF: // nothing more: the file is shorter than listed
+			return errorf(ErrCorrupt, "%s: corrupt LTX file: %d bytes, the listing said %d", path, c.off+int64(got), fi.Size)
+		case ctx.Err() != nil:
+			return ctx.Err()
+		}
+		if n == 0 {
+			resumes++
+		} else {
+			resumes = 0
+		}
+		if resumes > maxResumes {
+			return fmt.Errorf("read %s: %w", path, err)
+		}
+		// The connection dropped; ask again from the byte reached.
+		select {
+		case <-time.After(time.Duration(resumes) * 200 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Read reads the bytes of the current file; it returns io.EOF at its end.
+// next moves to the following file.
+func (f *fetcher) Read(p []byte) (int, error) {
+	for {
+		if c := f.cur; c != nil && c.file == f.file {
+			if f.pos < len(c.buf) {
+				break
+			}
+			if c.last {
+				return 0, io.EOF
+			}
+		}
+		c, ok := <-f.queue
+		if !ok {
+			if err := f.ctx.Err(); err != nil {
+				return 0, err
+			}
+			return 0, io.ErrUnexpectedEOF
+		}
+		select {
+		case <-c.done:
+		case <-f.ctx.Done():
+			return 0, f.ctx.Err()
+		}
+		if c.file < f.file {
+			continue // the rest of a file the reader moved past
+		}
+		if c.err != nil {
+			f.err = c.err
+			return 0, c.err
+		}
+		f.cur, f.pos = c, 0
+	}
+	n := copy(p, f.cur.buf[f.pos:])
+	f.pos += n
+	return n, nil
+}
+
+// failure is the download error Read returned, if any: a decoder that
+// stopped on it saw no corrupt file, only a failed read.
+func (f *fetcher) failure() error {
+	if f.err == nil && f.ctx.Err() != nil {
+		return f.ctx.Err()
+	}
+	return f.err
+}
+
+// next moves to the next file; what the reader left of the current one is
+// skipped.
+func (f *fetcher) next() {
+	f.file++
+	f.prog.addFile()
+}
+
+// Download streams each of files, in the order given, to fn, which must
+// read what it needs before returning. Files are downloaded ahead and in
+// parallel as Restore downloads them, and a dropped read is resumed. The
+// bytes are not verified: that is for whoever decodes them.
+func Download(ctx context.Context, r ship.Replica, db string, files []*ltx.FileInfo, parallelism int, fn func(fi *ltx.FileInfo, rd io.Reader) error) error {
+	f := newFetcher(ctx, r, db, files, parallelism, nil)
+	defer f.close()
+	for _, fi := range files {
+		if err := fn(fi, f); err != nil {
+			return cmp.Or(f.failure(), err)
+		}
+		f.next()
+	}
+	return nil
+}
+
+// close stops every download and waits for the workers.
+func (f *fetcher) close() {
+	f.cancel()
+	f.wg.Wait()
+}
+
+// Progress counts what a restore has downloaded. Restore sets the totals
+// once it has planned and updates the counters as it goes; another goroutine
+// may read them at any time.
+type Progress struct {
+	TotalBytes atomic.Int64 // bytes of the files the plan may read
+	TotalFiles atomic.Int64
+	Bytes      atomic.Int64 // bytes downloaded so far
+	Files      atomic.Int64 // files applied so far
+}
+
+func (p *Progress) addBytes(n int64) {
+	if p != nil {
+		p.Bytes.Add(n)
+	}
+}
+
+func (p *Progress) addFile() {
+	if p != nil {
+		p.Files.Add(1)
+	}
+}
