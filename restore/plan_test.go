@@ -26,6 +26,10 @@ func (l listing) OpenLTX(ctx context.Context, db string, level int, minTXID, max
 	return nil, errors.New("not stored")
 }
 
+func (l listing) ReadLTXAt(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, p []byte, off int64) error {
+	return errors.New("not stored")
+}
+
 func files(ranges ...[2]ltx.TXID) listing {
 	var l listing
 	for _, r := range ranges {

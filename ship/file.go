@@ -43,6 +43,11 @@ type Replica interface {
 	LTXFiles(ctx context.Context, db string, level int) ([]*ltx.FileInfo, error)
 	// OpenLTX opens one LTX file for reading.
 	OpenLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) (io.ReadCloser, error)
+	// ReadLTXAt fills p with the bytes of one LTX file starting at offset
+	// off: a ranged read, so a reader of a page index or of one page need
+	// not fetch the whole file. A missing file is ErrNotFound; a file that
+	// ends before off+len(p) is io.ErrUnexpectedEOF.
+	ReadLTXAt(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, p []byte, off int64) error
 }
 
 // LevelDir is the relative directory of one level of one database.
@@ -134,6 +139,27 @@ func (r *FileReplica) OpenLTX(ctx context.Context, db string, level int, minTXID
 		return nil, fmt.Errorf("%s: %w", LTXPath(db, level, minTXID, maxTXID), ErrNotFound)
 	}
 	return f, err
+}
+
+// ReadLTXAt reads len(p) bytes of one file at off.
+func (r *FileReplica) ReadLTXAt(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, p []byte, off int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	rel := LTXPath(db, level, minTXID, maxTXID)
+	f, err := os.Open(filepath.Join(r.Root, rel))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s: %w", rel, ErrNotFound)
+	} else if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.ReadAt(p, off); errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s: read %d bytes at %d: %w", rel, len(p), off, io.ErrUnexpectedEOF)
+	} else if err != nil {
+		return err
+	}
+	return nil
 }
 
 // WriteLTX stores data as one LTX file; see CreateLTX.

@@ -205,6 +205,47 @@ func (r *S3Replica) OpenLTX(ctx context.Context, db string, level int, minTXID, 
 	return out.Body, nil
 }
 
+// ReadLTXAt reads len(p) bytes of one object at off with a ranged GET. The
+// SDK retries the request; a body cut short is retried once more here, from
+// where it stopped.
+func (r *S3Replica) ReadLTXAt(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, p []byte, off int64) error {
+	key := r.key(db, level, minTXID, maxTXID)
+	for done, attempt := 0, 0; done < len(p); attempt++ {
+		out, err := r.client.GetObject(ctx, &s3.GetObjectInput{
+			Bucket: aws.String(r.bucket), Key: aws.String(key),
+			Range: aws.String(fmt.Sprintf("bytes=%d-%d", off+int64(done), off+int64(len(p))-1)),
+		})
+		if err != nil {
+			var nsk *types.NoSuchKey
+			if errors.As(err, &nsk) {
+				return fmt.Errorf("s3://%s/%s: %w", r.bucket, key, ErrNotFound)
+			}
+			var ae smithy.APIError
+			if errors.As(err, &ae) && ae.ErrorCode() == "InvalidRange" {
+				return fmt.Errorf("s3://%s/%s: read %d bytes at %d: %w", r.bucket, key, len(p), off, io.ErrUnexpectedEOF)
+			}
+			return r.wrap("get", key, err)
+		}
+		n, err := io.ReadFull(out.Body, p[done:])
+		out.Body.Close()
+		done += n
+		switch {
+		case err == nil:
+		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+			if out.ContentLength != nil && int64(n) == *out.ContentLength {
+				// The server sent all it had: the object ends early.
+				return fmt.Errorf("s3://%s/%s: read %d bytes at %d: %w", r.bucket, key, len(p), off, io.ErrUnexpectedEOF)
+			}
+			fallthrough
+		default:
+			if attempt > 0 || ctx.Err() != nil {
+				return r.wrap("get", key, err)
+			}
+		}
+	}
+	return nil
+}
+
 // PutLTX uploads one LTX file with If-None-Match: *, so an existing object is
 // never replaced: the server's 412 (or a 409 that outlasts the retries)
 // becomes ErrExists. The metadata holds the commit time and the TXID range.

@@ -74,6 +74,23 @@ func testRoundTrip(t *testing.T, r ReplicaClient) {
 	if _, err := r.OpenLTX(ctx, "app.db", 0, 7, 7); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("OpenLTX of a missing file: %v, want ErrNotFound", err)
 	}
+	// Ranged reads: a slice from the middle, the whole file, past the end, a missing file.
+	p := make([]byte, 5)
+	if err := r.ReadLTXAt(ctx, "app.db", 0, 3, 5, p, 2); err != nil || string(p) != "p.db/" {
+		t.Fatalf("ReadLTXAt(3-5, 5 bytes at 2) = %q, %v", p, err)
+	}
+	whole := make([]byte, 12)
+	if err := r.ReadLTXAt(ctx, "app.db", 0, 3, 5, whole, 0); err != nil || !bytes.Equal(whole, content(files[0])) {
+		t.Fatalf("ReadLTXAt(3-5, whole) = %q, %v", whole, err)
+	}
+	for _, off := range []int64{10, 12, 40} {
+		if err := r.ReadLTXAt(ctx, "app.db", 0, 3, 5, p, off); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("ReadLTXAt past the end (at %d): %v, want io.ErrUnexpectedEOF", off, err)
+		}
+	}
+	if err := r.ReadLTXAt(ctx, "app.db", 0, 7, 7, p, 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("ReadLTXAt of a missing file: %v, want ErrNotFound", err)
+	}
 
 	err = r.PutLTX(ctx, "app.db", 0, 2, 2, []byte("a second writer"), time.Now())
 	if !errors.Is(err, ErrExists) {

@@ -597,3 +597,23 @@ func (l *Local) OpenLTX(ctx context.Context, db string, level int, minTXID, maxT
 	}
 	return l.FileReplica.OpenLTX(ctx, db, level, minTXID, maxTXID)
 }
+
+// ReadLTXAt reads a range of a logged commit, or else of a file of the layout.
+func (l *Local) ReadLTXAt(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, p []byte, off int64) error {
+	if level == 0 {
+		recs, err := l.logged(db)
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			if r.min == minTXID && r.max == maxTXID {
+				if off < 0 || off+int64(len(p)) > int64(len(r.data)) {
+					return fmt.Errorf("%s: read %d bytes at %d: %w", LTXPath(db, level, minTXID, maxTXID), len(p), off, io.ErrUnexpectedEOF)
+				}
+				copy(p, r.data[off:])
+				return nil
+			}
+		}
+	}
+	return l.FileReplica.ReadLTXAt(ctx, db, level, minTXID, maxTXID, p, off)
+}
