@@ -71,16 +71,7 @@ func TestPageSourceEveryTXID(t *testing.T) {
 }
 
 func TestPageSourceTruncateThenGrow(t *testing.T) {
-	h := newHistory(t, "x.db")
-	page := func(b byte) []byte { return bytes.Repeat([]byte{b}, 512) }
-	all := map[uint32][]byte{}
-	for pgno := uint32(1); pgno <= 10; pgno++ {
-		all[pgno] = page(byte(pgno))
-	}
-	h.commitPages(512, 10, all)
-	h.commitPages(512, 4, map[uint32][]byte{2: page(0xaa)})
-	h.commitPages(512, 8, map[uint32][]byte{7: page(0xbb), 8: page(0xcc)})
-	h.commitPages(512, 12, map[uint32][]byte{1: page(0xdd)})
+	h := truncateThenGrow(t)
 	h.commitBytes(nil) // deleted
 	for txid := ltx.TXID(1); txid <= h.txid; txid++ {
 		s := openSource(t, h, txid, PageSourceOptions{})
