@@ -41,8 +41,15 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	syncReplica := fset.Bool("sync-replica", false, "an fsync returns only once the replica has every commit up to it (RPO 0)")
 	syncTimeout := fset.Duration("sync-timeout", 10*time.Second, "with -sync-replica, how long an fsync waits for the replica before failing with EIO")
 	shutdownTimeout := fset.Duration("shutdown-timeout", 10*time.Second, "at unmount, how long to wait for pending uploads")
+	atTXID := fset.String("at-txid", "", "mount read-only the database as of `TXID` (hex, as sqlfs ltx prints it); see histmount.go")
+	atTime := fset.String("at-time", "", "mount read-only the databases as of `TIME` (RFC 3339): the last commit at or before it")
+	dbName := fset.String("db", "", "with -at-txid or -at-time: the database `NAME` in the data dir or replica")
 	if err := parseFlags(fset, args, stdout); err != nil {
 		return err
+	}
+	if *atTXID != "" || *atTime != "" {
+		return runHistMount(ctx, histMount{fset: fset, atTXID: *atTXID, atTime: *atTime, data: *data,
+			replica: *replicaURL, db: *dbName, verbose: *verbose, debug: *fuseDebug}, stderr)
 	}
 	if fset.NArg() != 1 {
 		return usagef("want exactly one mount point, got %d arguments", fset.NArg())
@@ -127,7 +134,13 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("mount %s: %v", mnt, err)
 	}
 	log.Info("mounted", "mountpoint", mnt, "data", dir, "databases", len(names))
+	serve(ctx, server, mnt, log)
+	return nil
+}
 
+// serve returns once the mount is gone: unmounted from outside, or by us
+// when ctx ends (SIGINT, SIGTERM).
+func serve(ctx context.Context, server interface{ Wait(); Unmount() error }, mnt string, log *slog.Logger) {
 	done := make(chan struct{})
 	go func() { server.Wait(); close(done) }()
 	select {
@@ -136,7 +149,6 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case <-ctx.Done():
 		unmount(server, mnt, done, log)
 	}
-	return nil
 }
 
 // unmount takes the mount down, waiting a while for applications to close
