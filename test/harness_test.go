@@ -118,7 +118,7 @@ type Mount struct {
 	waitErr error
 }
 
-// startMount runs `sqlfs mount -data data mnt` and returns once the mount is
+// startMount runs `sqlfs mount -data data [flags] mnt` and returns once the mount is
 // up. The mount is stopped when the test ends, whatever happens.
 func startMount(t *testing.T, data, mnt string, flags ...string) *Mount {
 	t.Helper()
@@ -135,7 +135,11 @@ func tryStartMount(t *testing.T, data, mnt string, flags ...string) (*Mount, err
 	t.Helper()
 	needE2E(t)
 	m := &Mount{t: t, Data: data, Dir: mnt, log: &syncBuffer{}, done: make(chan struct{})}
-	args := append(append([]string{"mount", "-data", data}, flags...), mnt)
+	args := []string{"mount"}
+	if data != "" { // "": the flags name where history comes from (-replica)
+		args = append(args, "-data", data)
+	}
+	args = append(append(args, flags...), mnt)
 	m.cmd = exec.Command(sqlfsBin, args...)
 	m.cmd.Stdout = m.log
 	m.cmd.Stderr = m.log

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/superfly/ltx"
 	"golang.org/x/sys/unix"
 
@@ -140,7 +141,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // serve returns once the mount is gone: unmounted from outside, or by us
 // when ctx ends (SIGINT, SIGTERM).
-func serve(ctx context.Context, server interface{ Wait(); Unmount() error }, mnt string, log *slog.Logger) {
+func serve(ctx context.Context, server *fuse.Server, mnt string, log *slog.Logger) {
 	done := make(chan struct{})
 	go func() { server.Wait(); close(done) }()
 	select {
