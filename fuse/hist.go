@@ -55,6 +55,9 @@ func NewHist(files map[string]*restore.PageSource, log *slog.Logger) fs.InodeEmb
 // never changes.
 const histTimeout = time.Hour
 
+// histKernelReadahead is the kernel's readahead on historical files.
+const histKernelReadahead = 16 << 10
+
 // MountHist mounts a historical tree read-only at dir.
 func MountHist(dir string, root fs.InodeEmbedder, name string, debug bool) (*fuse.Server, error) {
 	timeout := histTimeout
@@ -68,7 +71,11 @@ func MountHist(dir string, root fs.InodeEmbedder, name string, debug bool) (*fus
 			DirectMount: true,
 			AllowOther:  true,
 			Options:     []string{"ro", "default_permissions"},
-			Debug:       debug,
+			// Little kernel readahead: a point query should fetch the pages
+			// it reads, not their neighbours. Large reads (cp) still come
+			// whole, and the page source reads ahead of sequential readers.
+			MaxReadAhead: histKernelReadahead,
+			Debug:        debug,
 		},
 	})
 }

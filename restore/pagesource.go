@@ -96,11 +96,13 @@ type pageLoc struct {
 type flight struct{ done chan struct{} }
 
 const (
-	indexParallel  = 16      // page indexes read at once at open
-	fetchParallel  = 8       // ranged reads of frames at once
-	maxSpan        = 1 << 20 // most bytes of adjacent frames one ranged read takes
-	readaheadBytes = 4 << 20 // how far ahead of a sequential reader pages are fetched
-	raSlack        = 64      // pages a read may start away from the last one's end and still count as sequential
+	indexParallel  = 16        // page indexes read at once at open
+	fetchParallel  = 16        // ranged reads of frames at once
+	maxSpan        = 1 << 20   // most bytes of adjacent frames one ranged read takes
+	maxGap         = 64 << 10  // frames up to this far apart are read in one range, the bytes between skipped
+	readaheadBytes = 4 << 20   // how far ahead of a sequential reader pages are fetched
+	raSlack        = 64        // pages a read may start away from the last one's end and still count as sequential
+	raStreak       = 256 << 10 // bytes read in sequence before readahead starts
 )
 
 // OpenPageSource reads the page indexes of the files that rebuild db at
@@ -332,7 +334,7 @@ func (s *PageSource) load(ctx context.Context, first, last uint32) ([][]byte, er
 	}
 }
 
-// span is one ranged read: adjacent frames of one file.
+// span is one ranged read: frames of one file, in file order, close together.
 type span struct {
 	f        *fileIndex
 	off, end int64
@@ -340,15 +342,16 @@ type span struct {
 }
 
 // fetch reads pgnos (ascending, each held by some file) from the replica,
-// adjacent frames of a file in one ranged read, several reads at once, and
-// keeps the pages in memory.
+// frames of a file that lie close together in one ranged read (a file's
+// frames are in page order), several reads at once, and keeps the pages in
+// memory.
 func (s *PageSource) fetch(ctx context.Context, pgnos []uint32) (map[uint32][]byte, error) {
 	byFile := map[uint32]*span{} // the open span of each file
 	var spans []*span
 	for _, pgno := range pgnos {
 		loc := s.locs[pgno-1]
 		sp := byFile[loc.file]
-		if sp == nil || loc.off != sp.end || loc.off+int64(loc.size)-sp.off > maxSpan {
+		if sp == nil || loc.off-sp.end > maxGap || loc.off+int64(loc.size)-sp.off > maxSpan {
 			sp = &span{f: s.files[loc.file-1], off: loc.off, end: loc.off}
 			byFile[loc.file] = sp
 			spans = append(spans, sp)
@@ -442,6 +445,7 @@ type Reader struct {
 	s           *PageSource
 	mu          sync.Mutex
 	next, ahead uint32 // the page after the last read; the last page fetched ahead
+	streak      uint32 // pages read in sequence so far
 }
 
 // NewReader returns a reader with its own readahead state.
@@ -467,10 +471,18 @@ func (rd *Reader) readahead(first, last uint32) {
 	seq := rd.next != 0 && first+raSlack >= rd.next && first <= rd.next+raSlack
 	rd.next = last + 1
 	if !seq {
-		rd.ahead = last
+		rd.ahead, rd.streak = last, 0
 		return
 	}
-	window := max(uint32(readaheadBytes/s.pageSize), 1)
+	// A few sequential reads (SQLite reading neighbouring pages, the
+	// kernel's own readahead at the start of a file) fetch nothing extra:
+	// only a streak of raStreak bytes does, and the window grows with it.
+	rd.streak += last - first + 1
+	ps := s.pageSize
+	if rd.streak*ps < raStreak {
+		return
+	}
+	window := min(max(2*rd.streak, raStreak/ps), readaheadBytes/ps)
 	if rd.ahead >= last+window/2 {
 		return
 	}
