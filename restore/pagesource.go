@@ -96,7 +96,7 @@ type pageLoc struct {
 type flight struct{ done chan struct{} }
 
 const (
-	indexParallel  = 16        // page indexes read at once at open
+	indexParallel  = 64        // page indexes read at once at open (S3 requests are latency-bound)
 	fetchParallel  = 16        // ranged reads of frames at once
 	maxSpan        = 1 << 20   // most bytes of adjacent frames one ranged read takes
 	maxGap         = 64 << 10  // frames up to this far apart are read in one range, the bytes between skipped
