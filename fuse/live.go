@@ -1,5 +1,7 @@
 // Package fuse serves sqlfs's filesystems: the live passthrough tree over the
-// data dir, whose SQLite files report every write to package pager.
+// data dir, whose SQLite files report every write to package pager, and the
+// read-only historical tree (hist.go), whose files are served page by page
+// from package restore.
 //
 // Invariant: every byte written to a database or its -journal in the mount
 // root reaches the backing file first and pager second, before the write

@@ -142,6 +142,22 @@ func (h *history) commitPages(ps, commit uint32, pages map[uint32][]byte) ltx.TX
 	return h.txid
 }
 
+// truncateThenGrow is a history of 512-byte pages that shrinks and then
+// grows without writing the pages in between, which must read as zeros.
+func truncateThenGrow(t *testing.T) *history {
+	h := newHistory(t, "x.db")
+	page := func(b byte) []byte { return bytes.Repeat([]byte{b}, 512) }
+	all := map[uint32][]byte{}
+	for pgno := uint32(1); pgno <= 10; pgno++ {
+		all[pgno] = page(byte(pgno))
+	}
+	h.commitPages(512, 10, all)
+	h.commitPages(512, 4, map[uint32][]byte{2: page(0xaa)})                // shrink
+	h.commitPages(512, 8, map[uint32][]byte{7: page(0xbb), 8: page(0xcc)}) // grow; 5 and 6 are zeros
+	h.commitPages(512, 12, map[uint32][]byte{1: page(0xdd)})               // grow; 9..12 are zeros
+	return h
+}
+
 // path returns the absolute path of the file holding txid.
 func (h *history) path(txid ltx.TXID) string {
 	return filepath.Join(h.rep.Root, ship.LTXPath(h.db, 0, txid, txid))

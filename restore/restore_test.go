@@ -81,16 +81,7 @@ func TestRestoreEveryTXID(t *testing.T) {
 // A commit that truncates must drop the older versions of the pages it
 // removes, even when a later commit grows the database without writing them.
 func TestRestoreTruncateThenGrow(t *testing.T) {
-	h := newHistory(t, "x.db")
-	page := func(b byte) []byte { return bytes.Repeat([]byte{b}, 512) }
-	all := map[uint32][]byte{}
-	for pgno := uint32(1); pgno <= 10; pgno++ {
-		all[pgno] = page(byte(pgno))
-	}
-	h.commitPages(512, 10, all)
-	h.commitPages(512, 4, map[uint32][]byte{2: page(0xaa)})                // shrink
-	h.commitPages(512, 8, map[uint32][]byte{7: page(0xbb), 8: page(0xcc)}) // grow; 5 and 6 are zeros
-	h.commitPages(512, 12, map[uint32][]byte{1: page(0xdd)})               // grow; 9..12 are zeros
+	h := truncateThenGrow(t)
 
 	for txid := ltx.TXID(1); txid <= h.txid; txid++ {
 		output := filepath.Join(t.TempDir(), "x.db")

@@ -23,6 +23,9 @@ Usage: scripts/bench.sh [-duration 3s] [-rounds 3] [-workloads LIST] [-dir DIR] 
   -dir DIR        where the temp dirs go (default \${TMPDIR:-/tmp}); the native
                   database and sqlfs's data dir share its filesystem
   -native-only    skip sqlfs (also SQLFS_BENCH_NATIVE_ONLY=1)
+  -hist           instead of the workloads: historical mounts of a large history
+                  (-hist-mib MiB database, default 1024; -hist-commits N, default 10000);
+                  with SQLFS_VERSITYGW set, also from an S3 replica
 
 Environment: SQLFS_BIN=PATH benchmarks that sqlfs binary instead of building one.
 EOF
@@ -35,6 +38,7 @@ for a in "$0" "$@"; do
 	command_line+="$a "
 done
 duration=3s rounds=3 parent=${TMPDIR:-/tmp} native_only=${SQLFS_BENCH_NATIVE_ONLY:-0}
+hist=0 hist_mib=1024 hist_commits=10000
 workloads=("${all_workloads[@]}")
 while (($#)); do
 	case ${1#-} in
@@ -44,6 +48,9 @@ while (($#)); do
 	workloads | -workloads) IFS=, read -r -a workloads <<<"${2:?-workloads needs a value}"; shift ;;
 	dir | -dir) parent=${2:?-dir needs a value}; shift ;;
 	native-only | -native-only) native_only=1 ;;
+	hist | -hist) hist=1 ;;
+	hist-mib | -hist-mib) hist_mib=${2:?-hist-mib needs a value}; shift ;;
+	hist-commits | -hist-commits) hist_commits=${2:?-hist-commits needs a value}; shift ;;
 	*) usage >&2; sqlfs_die "unknown argument $1" ;;
 	esac
 	shift
@@ -76,6 +83,126 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# ---- historical mounts (-hist) ----------------------------------------------
+# A database of hist_mib MiB (1,000-byte random blobs, 4 KiB pages) is built
+# natively, copied into a live mount (one snapshot in history), and given
+# hist_commits commits in all (single-row UPDATEs, WAL); the live mount is
+# stopped. Then a historical mount of the last TXID from the data dir (and,
+# with SQLFS_VERSITYGW, from versitygw serving the same files) is timed:
+# mount, the first point query and the bytes the page source fetched for it
+# (from its -v log), and cp out of a fresh mount against sqlfs restore.
+hist_pid=
+hist_cleanup() {
+	local rc=$?
+	[[ -n $hist_pid ]] && { sqlfs_stop_mount "$hist_pid" "$base/hist" || rc=1; }
+	[[ -n ${s3_pid:-} ]] && { kill "$s3_pid" 2>/dev/null; wait "$s3_pid" 2>/dev/null; }
+	(exit "$rc")
+	cleanup
+}
+
+# hist_mount ARGS... mounts $base/hist with sqlfs mount -v ARGS, logging to
+# $base/hist.log, and sets mount_s to the seconds until it was mounted.
+hist_mount() {
+	local t0=$EPOCHREALTIME
+	"$bin/sqlfs" mount -v "$@" "$base/hist" >"$base/hist.log" 2>&1 &
+	hist_pid=$!
+	sqlfs_wait_mount "$base/hist" "$hist_pid" 120 || { tail -n 5 "$base/hist.log" >&2; exit 1; }
+	mount_s=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
+}
+
+hist_unmount() { sqlfs_stop_mount "$hist_pid" "$base/hist"; hist_pid=; }
+
+# hist_fetched prints the page bytes and ranged reads the mount fetched so far.
+hist_fetched() {
+	awk '/msg=fetched/ { n++; for (i = 1; i <= NF; i++) if ($i ~ /^total_bytes=/) { split($i, kv, "="); b = kv[2] } }
+		END { printf "%d %d\n", b, n }' "$base/hist.log"
+}
+
+# hist_measure LABEL SOURCE... prints one table row for a historical mount
+# of the last TXID from SOURCE (-data DIR or -replica URL).
+hist_measure() {
+	local label=$1 q0 q_s fetched reqs cp_s restore_s src
+	shift
+	src=("$@")
+	[[ $1 == -replica ]] && src=("$2")
+	rm -f "$base/restored.db"
+	q0=$EPOCHREALTIME
+	"$bin/sqlfs" restore -o "$base/restored.db" -txid "$last" -db app.db "${src[@]}" 2>/dev/null
+	restore_s=$(awk -v a="$q0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
+	set -- -at-txid "$last" -db app.db "$@"
+	hist_mount "$@"
+	q0=$EPOCHREALTIME
+	sqlite3 "$base/hist/app.db" "SELECT length(v) FROM t WHERE id = $((hist_rows / 2 + 7));" >/dev/null
+	q_s=$(awk -v a="$q0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
+	read -r fetched reqs < <(hist_fetched)
+	hist_unmount
+	local first_mount_s=$mount_s
+	hist_mount "$@"
+	rm -f "$base/copy.db"
+	q0=$EPOCHREALTIME
+	cp "$base/hist/app.db" "$base/copy.db"
+	cp_s=$(awk -v a="$q0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
+	hist_unmount
+	[[ $(cmp -l "$base/copy.db" "$base/restored.db" | wc -l) -le 2 ]] || sqlfs_die "cp out of the $label mount differs from sqlfs restore"
+	awk -v l="$label" -v m="$first_mount_s" -v q="$q_s" -v f="$fetched" -v r="$reqs" -v c="$cp_s" -v rs="$restore_s" -v sz="$hist_bytes" 'BEGIN {
+		printf "| %s | %.2f | %.3f | %.1f KiB in %d reads | %.0f MB/s | %.0f MB/s | %.2f |\n",
+			l, m, q, f / 1024, r, sz / c / 1e6, sz / rs / 1e6, rs / c }'
+}
+
+if ((hist)); then
+	trap hist_cleanup EXIT
+	bin=$base/bin
+	sqlfs_build_cmd "$bin"
+	command -v sqlite3 >/dev/null || sqlfs_die "the sqlite3 CLI is needed for -hist"
+	mkdir -p "$base/hist"
+	hist_rows=$((hist_mib * 1024))
+	t0=$EPOCHREALTIME
+	sqlite3 "$native/app.db" "PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;
+		CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+		WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < $hist_rows)
+		INSERT INTO t(v) SELECT randomblob(1000) FROM c;" >/dev/null
+	"$bin/sqlfs" mount -data "$data" "$mnt" >"$base/mount.log" 2>&1 &
+	mount_pid=$!
+	sqlfs_wait_mount "$mnt" "$mount_pid" 30 || { mount_log_tail; exit 1; }
+	cp "$native/app.db" "$mnt/app.db"
+	rm -f "$native/app.db"
+	n=$("$bin/sqlfs" ltx -data "$data" -db app.db | tail -n +2 | wc -l)
+	{
+		echo "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+		for ((i = n + 2; i <= hist_commits; i++)); do
+			echo "UPDATE t SET v = randomblob(1000) WHERE id = abs(random()) % $hist_rows + 1;"
+		done
+	} | sqlite3 "$mnt/app.db" >/dev/null
+	sqlfs_stop_mount "$mount_pid" "$mnt"
+	mount_pid=
+	last=$("$bin/sqlfs" ltx -data "$data" -db app.db | tail -n 1 | awk '{ print $2 }')
+	hist_bytes=$(stat -c %s "$data/root/app.db")
+	sqlfs_say "built $hist_bytes bytes, history 1..$last, in $(sqlfs_elapsed "$t0") s"
+
+
+	echo
+	echo "sqlfs historical mount, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$SQLFS_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+	echo "machine: $(nproc) cores, Linux $(uname -r); load average $(cut -d' ' -f1 /proc/loadavg)"
+	echo "database: $hist_bytes bytes (4 KiB pages, $hist_rows rows), txids 1..$last; command: ${command_line% }"
+	echo
+	echo "| source | mount s | first point query s | fetched by it | cp out | sqlfs restore | cp/restore |"
+	echo "|---|---|---|---|---|---|---|"
+	hist_measure "-data" -data "$data"
+	if [[ -n ${SQLFS_VERSITYGW:-} ]]; then
+		# versitygw's posix backend serves bucket/key as files: the data
+		# dir's history, linked in, is an S3 replica of the same files.
+		mkdir -p "$base/s3/backup/prod"
+		cp -al "$data/ltx/app.db" "$base/s3/backup/prod/app.db"
+		port=$((20000 + RANDOM % 20000))
+		"$SQLFS_VERSITYGW" --access bench --secret benchsecret --port "127.0.0.1:$port" posix "$base/s3" >"$base/s3.log" 2>&1 &
+		s3_pid=$!
+		for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port" && break; sleep 0.05; done
+		export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 XDG_CACHE_HOME=$base/cache
+		hist_measure "s3 (versitygw)" -replica "s3://backup/prod?endpoint=http://127.0.0.1:$port"
+	fi
+	exit 0
+fi
 
 mount_log_tail() {
 	[[ -s $base/mount.log ]] && { sqlfs_say "last lines of the sqlfs log:"; tail -n 20 "$base/mount.log" >&2; }

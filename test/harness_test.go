@@ -118,7 +118,7 @@ type Mount struct {
 	waitErr error
 }
 
-// startMount runs `sqlfs mount -data data mnt` and returns once the mount is
+// startMount runs `sqlfs mount -data data [flags] mnt` and returns once the mount is
 // up. The mount is stopped when the test ends, whatever happens.
 func startMount(t *testing.T, data, mnt string, flags ...string) *Mount {
 	t.Helper()
@@ -136,8 +136,14 @@ func tryStartMount(t *testing.T, data, mnt string, flags ...string) (*Mount, err
 	return launchMount(t, nil, data, mnt, mountArgs(data, mnt, flags)...)
 }
 
+// mountArgs is `mount -data data flags... mnt`; with data "" the flags say
+// where history comes from (-replica).
 func mountArgs(data, mnt string, flags []string) []string {
-	return append(append([]string{"mount", "-data", data}, flags...), mnt)
+	args := []string{"mount"}
+	if data != "" {
+		args = append(args, "-data", data)
+	}
+	return append(append(args, flags...), mnt)
 }
 
 // startMountEnv is startMount with extra environment variables for sqlfs.

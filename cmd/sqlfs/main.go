@@ -21,6 +21,7 @@ const usage = `sqlfs - SQLite on FUSE with every commit captured, shipped and re
 
 Usage:
   sqlfs mount   [-data DIR] [-replica URL] [-restore-if-missing] [-exec CMD] MOUNTPOINT
+  sqlfs mount   (-at-txid TXID | -at-time RFC3339) (-data DIR | -replica URL) [-db NAME] MOUNTPOINT
   sqlfs ltx     [-json] [-data DIR] [-db NAME] [URL]
   sqlfs restore -o PATH [-txid TXID | -timestamp RFC3339] [-if-db-not-exists]
                 [-if-replica-exists] [-integrity-check] [-data DIR] [-db NAME] [URL]

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/superfly/ltx"
 	"golang.org/x/sys/unix"
 
@@ -45,8 +46,15 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	restoreIfMissing := fset.Bool("restore-if-missing", false, "first restore every database of the replica that the data dir lacks; its history continues")
 	execCmd := fset.String("exec", "", "once mounted, run `CMD` with sh -c; stop when it exits, with its exit code")
 	mountPoint := fset.String("mount-point", "", "mount at `DIR` (the same as giving MOUNTPOINT as an argument)")
+	atTXID := fset.String("at-txid", "", "mount read-only the database as of `TXID` (hex, as sqlfs ltx prints it); see histmount.go")
+	atTime := fset.String("at-time", "", "mount read-only the databases as of `TIME` (RFC 3339): the last commit at or before it")
+	dbName := fset.String("db", "", "with -at-txid or -at-time: the database `NAME` in the data dir or replica")
 	if err := parseFlags(fset, args, stdout); err != nil {
 		return err
+	}
+	if *atTXID != "" || *atTime != "" {
+		return runHistMount(ctx, histMount{fset: fset, atTXID: *atTXID, atTime: *atTime, data: *data,
+			replica: *replicaURL, db: *dbName, verbose: *verbose, debug: *fuseDebug}, stderr)
 	}
 	if fset.NArg() == 1 {
 		*mountPoint = fset.Arg(0)
@@ -152,19 +160,26 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("mount %s: %v", mnt, err)
 	}
 	log.Info("mounted", "mountpoint", mnt, "data", dir, "databases", len(names))
-
-	done := make(chan struct{})
-	go func() { server.Wait(); close(done) }()
 	if *execCmd != "" {
+		done := make(chan struct{})
+		go func() { server.Wait(); close(done) }()
 		return runApp(*execCmd, server, mnt, done, stdout, stderr, log)
 	}
+	serve(ctx, server, mnt, log)
+	return nil
+}
+
+// serve returns once the mount is gone: unmounted from outside, or by us
+// when ctx ends (SIGINT, SIGTERM).
+func serve(ctx context.Context, server *fuse.Server, mnt string, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() { server.Wait(); close(done) }()
 	select {
 	case <-done:
 		log.Info("unmounted from outside", "mountpoint", mnt)
 	case <-ctx.Done():
 		unmount(server, mnt, done, log)
 	}
-	return nil
 }
 
 // unmount takes the mount down, waiting a while for applications to close

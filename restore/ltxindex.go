@@ -1,0 +1,208 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/pierrec/lz4/v4"
+	"github.com/sqlfs/sqlfs/ship"
+	"github.com/superfly/ltx"
+)
+
+// An LTX v3 file is laid out as
+//
+//	header (100 bytes) | page frames | end-of-pages marker (6 zero bytes)
+//	| page index | index size (8 bytes) | trailer (16 bytes)
+//
+// where each page index record is three uvarints (pgno, frame offset, frame
+// size) in ascending pgno order and a zero pgno ends the records. So the
+// index of a file can be read from its tail alone, and one page from one
+// frame, each with a ranged read.
+
+// tailRead is how much of a file's end the first ranged read takes: the
+// trailer, the index size and, for all but large files, the whole index.
+// A file no larger than this is read whole, in the same one request, and
+// then its file checksum is verified too.
+const tailRead = 64 << 10
+
+// endOfPagesSize is the size of the zero page header that ends the frames.
+const endOfPagesSize = ltx.PageHeaderSize
+
+// fileIndex is what reading pages of one LTX file needs: its header and
+// trailer, verified for consistency with each other and with its name, and
+// where each page's frame lies. Only valid when readFileIndex returns nil.
+type fileIndex struct {
+	info     *ltx.FileInfo
+	path     string // relative to the replica, for messages
+	hdr      ltx.Header
+	trailer  ltx.Trailer
+	verified bool // the whole file was read and its file checksum matched
+
+	pgnos []uint32 // ascending
+	offs  []int64  // frame offset of pgnos[i]
+	sizes []uint32 // frame size of pgnos[i]
+
+	fetched  int64  // bytes read from the replica to build this index
+	cacheKey string // the file in the disk cache, when there is one
+}
+
+// readFileIndex reads the header, page index and trailer of one file with
+// at most three ranged reads and checks what can be checked without the
+// page frames: header and trailer valid and consistent, TXIDs as named, and
+// every index record inside the page block, ascending and not overlapping.
+// Errors name the file and match ErrCorrupt, except failures to read.
+func readFileIndex(ctx context.Context, r ship.Replica, db string, fi *ltx.FileInfo) (*fileIndex, error) {
+	f := &fileIndex{info: fi, path: ship.LTXPath(db, fi.Level, fi.MinTXID, fi.MaxTXID)}
+	size := fi.Size
+	const minSize = ltx.HeaderSize + endOfPagesSize + 8 + ltx.TrailerSize
+	if size < minSize {
+		return nil, f.corrupt(fmt.Errorf("%d bytes is too short for an LTX file", size))
+	}
+	tailN := min(size, tailRead)
+	tail, err := f.read(ctx, r, db, size-tailN, tailN)
+	if err != nil {
+		return nil, err
+	}
+	tailOff := size - tailN
+	if err := f.trailer.UnmarshalBinary(tail[tailN-ltx.TrailerSize:]); err != nil {
+		return nil, f.corrupt(fmt.Errorf("trailer: %w", err))
+	}
+	indexSize := int64(binary.BigEndian.Uint64(tail[tailN-ltx.TrailerSize-8:]))
+	indexEnd := size - ltx.TrailerSize - 8
+	if indexSize < 1 || indexSize > indexEnd-ltx.HeaderSize-endOfPagesSize {
+		return nil, f.corrupt(fmt.Errorf("page index size %d does not fit in %d bytes", indexSize, size))
+	}
+	indexStart := indexEnd - indexSize
+
+	var head, index []byte
+	if tailOff == 0 {
+		head, index = tail[:ltx.HeaderSize], tail[indexStart:indexEnd]
+		if !bytes.Equal(tail[indexStart-endOfPagesSize:indexStart], make([]byte, endOfPagesSize)) {
+			return nil, f.corrupt(errors.New("no end-of-pages marker before the page index"))
+		}
+	} else {
+		if head, err = f.read(ctx, r, db, 0, ltx.HeaderSize); err != nil {
+			return nil, err
+		}
+		if indexStart >= tailOff {
+			index = tail[indexStart-tailOff : indexEnd-tailOff]
+		} else if index, err = f.read(ctx, r, db, indexStart, indexSize); err != nil {
+			return nil, err
+		}
+	}
+	if err := f.hdr.UnmarshalBinary(head); err != nil {
+		return nil, f.corrupt(fmt.Errorf("header: %w", err))
+	}
+	if err := f.hdr.Validate(); err != nil {
+		return nil, f.corrupt(fmt.Errorf("header: %w", err))
+	}
+	if f.hdr.MinTXID != fi.MinTXID || f.hdr.MaxTXID != fi.MaxTXID {
+		return nil, f.corrupt(fmt.Errorf("header holds txids %s through %s", f.hdr.MinTXID, f.hdr.MaxTXID))
+	}
+	if err := f.trailer.Validate(f.hdr); err != nil {
+		return nil, f.corrupt(fmt.Errorf("trailer: %w", err))
+	}
+	if err := f.parseIndex(index, indexStart-endOfPagesSize); err != nil {
+		return nil, f.corrupt(fmt.Errorf("page index: %w", err))
+	}
+	if tailOff == 0 {
+		// The whole file is here: verify it all, file checksum included.
+		dec := ltx.NewDecoder(bytes.NewReader(tail))
+		dec.SetRetainPageIndex(false)
+		if err := dec.Verify(); err != nil {
+			return nil, f.corrupt(err)
+		}
+		f.verified = true
+	}
+	return f, nil
+}
+
+// read fetches n bytes of the file at off.
+func (f *fileIndex) read(ctx context.Context, r ship.Replica, db string, off, n int64) ([]byte, error) {
+	b := make([]byte, n)
+	if err := ship.ReadLTXAt(ctx, r, db, f.info.Level, f.info.MinTXID, f.info.MaxTXID, b, off); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, f.corrupt(fmt.Errorf("shorter than the %d bytes listed", f.info.Size))
+		}
+		return nil, fmt.Errorf("read %s: %w", f.path, err)
+	}
+	f.fetched += n
+	return b, nil
+}
+
+// parseIndex decodes the index records; every frame must lie between the
+// header and framesEnd (where the end-of-pages marker starts).
+func (f *fileIndex) parseIndex(b []byte, framesEnd int64) error {
+	rd := bytes.NewReader(b)
+	next := int64(ltx.HeaderSize) // no frame may start before this
+	var prev uint32
+	for {
+		pgno, err := binary.ReadUvarint(rd)
+		if err != nil {
+			return fmt.Errorf("record %d: %w", len(f.pgnos)+1, err)
+		}
+		if pgno == 0 {
+			break
+		}
+		off, err1 := binary.ReadUvarint(rd)
+		size, err2 := binary.ReadUvarint(rd)
+		if err := errors.Join(err1, err2); err != nil {
+			return fmt.Errorf("record %d: %w", len(f.pgnos)+1, err)
+		}
+		switch {
+		case pgno <= uint64(prev) || pgno > uint64(f.hdr.Commit):
+			return fmt.Errorf("page %d after page %d in a database of %d pages", pgno, prev, f.hdr.Commit)
+		case off < uint64(next) || size <= ltx.PageHeaderSize || size > uint64(framesEnd) || off > uint64(framesEnd)-size:
+			return fmt.Errorf("page %d: frame of %d bytes at %d is outside the page block", pgno, size, off)
+		}
+		prev, next = uint32(pgno), int64(off+size)
+		f.pgnos = append(f.pgnos, uint32(pgno))
+		f.offs = append(f.offs, int64(off))
+		f.sizes = append(f.sizes, uint32(size))
+	}
+	if rd.Len() != 0 {
+		return fmt.Errorf("%d bytes after the last record", rd.Len())
+	}
+	return nil
+}
+
+func (f *fileIndex) corrupt(err error) error {
+	return &kindError{kind: ErrCorrupt, cause: err, msg: fmt.Sprintf("%s: corrupt LTX file: %v", f.path, err)}
+}
+
+// decodeFrame decompresses the frame of page pgno into dst (one page).
+func (f *fileIndex) decodeFrame(frame []byte, pgno uint32, dst []byte) error {
+	var ph ltx.PageHeader
+	if err := ph.UnmarshalBinary(frame); err != nil {
+		return f.corrupt(fmt.Errorf("page %d: %w", pgno, err))
+	}
+	if ph.Pgno != pgno {
+		return f.corrupt(fmt.Errorf("the index places page %d where page %d is", pgno, ph.Pgno))
+	}
+	if ph.Flags&ltx.PageHeaderFlagSize == 0 {
+		// Frames of the older LZ4-frame format.
+		_, data, err := ltx.DecodePageData(frame)
+		if err != nil || len(data) != len(dst) {
+			return f.corrupt(fmt.Errorf("page %d: %d bytes, %v", pgno, len(data), err))
+		}
+		copy(dst, data)
+		return nil
+	}
+	if len(frame) < ltx.PageHeaderSize+4 {
+		return f.corrupt(fmt.Errorf("page %d: frame of %d bytes", pgno, len(frame)))
+	}
+	n := binary.BigEndian.Uint32(frame[ltx.PageHeaderSize:])
+	block := frame[ltx.PageHeaderSize+4:]
+	if int64(n) != int64(len(block)) {
+		return f.corrupt(fmt.Errorf("page %d: block of %d bytes in a frame of %d", pgno, n, len(frame)))
+	}
+	m, err := lz4.UncompressBlock(block, dst)
+	if err != nil || m != len(dst) {
+		return f.corrupt(fmt.Errorf("page %d: decompressed %d bytes of %d: %v", pgno, m, len(dst), err))
+	}
+	return nil
+}

@@ -1,0 +1,507 @@
+package restore
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sqlfs/sqlfs/ship"
+	"github.com/superfly/ltx"
+)
+
+// PageSource serves one database as it was at one TXID, page by page,
+// straight from a replica: at open it reads only the page index, header and
+// trailer of each LTX file the state needs (ranged reads of their tails),
+// and each page is then one ranged read of its frame in the newest file that
+// holds it. Memory and open time grow with the page indexes, not with the
+// size of the database.
+//
+// Invariant: locs[p-1] is where page p of the database at the target lies —
+// a frame of the newest planned file that holds p and that no later
+// truncation below p discarded — or nowhere, and then the page is zeros.
+// It is built once at open and never changes, and LTX files never change,
+// so a page once decoded is valid for the life of the source.
+//
+// What is verified: each file's header and trailer against each other and
+// its name, its index against its size, the pre/post-apply checksum chain
+// between the files read, and each frame as it is decoded (page number,
+// size). A file small enough to be read whole at open also has its file
+// checksum verified; the checksum of the whole database cannot be, short of
+// reading every page (that is what Restore does).
+type PageSource struct {
+	r    ship.Replica
+	db   string
+	opt  PageSourceOptions
+	log  *slog.Logger
+	txid ltx.TXID
+	time time.Time
+
+	pageSize uint32
+	commit   uint32 // database size in pages
+	lockPgno uint32
+	files    []*fileIndex // the files read, newest first
+	locs     []pageLoc
+	zero     []byte
+
+	lru      *pageLRU
+	disk     *diskCache
+	mu       sync.Mutex
+	inflight map[uint32]*flight // pages being fetched, under mu
+
+	fetchSem chan struct{} // bounds ranged reads in flight
+	raSem    chan struct{} // bounds readahead batches in flight
+	bg       context.Context
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
+
+	indexBytes, pageBytes, requests atomic.Int64
+}
+
+// PageSourceOptions tune a PageSource. The zero value is valid.
+type PageSourceOptions struct {
+	// Rollback presents a WAL-mode database (header bytes 18 and 19 both 2)
+	// as a rollback-journal one (both 1), so that SQLite can open it
+	// read-only without a -wal or -shm file. Only those two bytes of page 1
+	// differ from the database.
+	Rollback bool
+	// CacheDir, when set, keeps the byte ranges fetched on local disk under
+	// it, keyed by ReplicaID, file name, size and file checksum.
+	CacheDir  string
+	ReplicaID string
+	// MemoryBytes bounds the decoded pages kept in memory; 0 means 64 MiB.
+	MemoryBytes int64
+	// Log receives a debug line per ranged read; nil discards.
+	Log *slog.Logger
+}
+
+// PageSourceStats counts what a page source read from its replica.
+type PageSourceStats struct {
+	IndexBytes int64 // read at open: headers, page indexes, trailers
+	PageBytes  int64 // page frames read since (disk cache misses only)
+	Requests   int64 // ranged reads of page frames
+}
+
+type pageLoc struct {
+	file uint32 // index in files + 1; 0: no file holds the page (zeros)
+	size uint32
+	off  int64
+}
+
+type flight struct{ done chan struct{} }
+
+const (
+	indexParallel  = 64        // page indexes read at once at open (S3 requests are latency-bound)
+	fetchParallel  = 16        // ranged reads of frames at once
+	maxSpan        = 1 << 20   // most bytes of adjacent frames one ranged read takes
+	maxGap         = 64 << 10  // frames up to this far apart are read in one range, the bytes between skipped
+	readaheadBytes = 4 << 20   // how far ahead of a sequential reader pages are fetched
+	raSlack        = 64        // pages a read may start away from the last one's end and still count as sequential
+	raStreak       = 256 << 10 // bytes read in sequence before readahead starts
+)
+
+// OpenPageSource reads the page indexes of the files that rebuild db at
+// target (0: the latest) and returns a source of its pages. Errors are those
+// of Plan, plus ErrCorrupt and ErrChecksumMismatch naming the file.
+func OpenPageSource(ctx context.Context, r ship.Replica, db string, target ltx.TXID, opt PageSourceOptions) (*PageSource, error) {
+	plan, err := Plan(ctx, r, db, target)
+	if err != nil {
+		return nil, err
+	}
+	s := &PageSource{r: r, db: db, opt: opt, log: opt.Log, inflight: map[uint32]*flight{},
+		fetchSem: make(chan struct{}, fetchParallel), raSem: make(chan struct{}, 2)}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if err := s.readIndexes(ctx, plan); err != nil {
+		return nil, err
+	}
+	if opt.CacheDir != "" {
+		if s.disk, err = newDiskCache(opt.CacheDir); err != nil {
+			return nil, err
+		}
+	}
+	mem := opt.MemoryBytes
+	if mem <= 0 {
+		mem = 64 << 20
+	}
+	s.lru = newPageLRU(max(int(mem/int64(s.pageSize)), 2*readaheadBytes/int(s.pageSize)))
+	s.zero = make([]byte, s.pageSize)
+	s.bg, s.stop = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// readIndexes reads the page indexes of plan newest first, several at once,
+// and fills locs. Like apply, it stops at the first file that can add
+// nothing (every page up to the smallest size since is placed) or that has
+// another page size (a change that rewrote every page).
+func (s *PageSource) readIndexes(ctx context.Context, plan []*ltx.FileInfo) error {
+	type result struct {
+		f   *fileIndex
+		err error
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make([]chan result, len(plan))
+	for i := range results {
+		results[i] = make(chan result, 1)
+	}
+	var next atomic.Int64
+	for range min(indexParallel, len(plan)) {
+		go func() {
+			for i := int(next.Add(1) - 1); i < len(plan) && ctx.Err() == nil; i = int(next.Add(1) - 1) {
+				f, err := readFileIndex(ctx, s.r, s.db, plan[len(plan)-1-i])
+				results[i] <- result{f, err}
+			}
+		}()
+	}
+
+	var limit uint32     // smallest Commit of the files read so far
+	var firstHole uint32 // every page below it is placed (or is the lock page)
+	for i := range plan {
+		var res result
+		select {
+		case res = <-results[i]:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if res.err != nil {
+			return res.err
+		}
+		f := res.f
+		s.indexBytes.Add(f.fetched)
+		if i == 0 {
+			s.txid, s.time = f.hdr.MaxTXID, time.UnixMilli(f.hdr.Timestamp).UTC()
+			s.pageSize, s.commit, s.lockPgno = f.hdr.PageSize, f.hdr.Commit, ltx.LockPgno(f.hdr.PageSize)
+			s.locs = make([]pageLoc, s.commit)
+			limit, firstHole = s.commit, 1
+		} else {
+			if f.hdr.PageSize != s.pageSize {
+				break
+			}
+			newer := s.files[len(s.files)-1]
+			if !newer.hdr.NoChecksum() && !f.hdr.NoChecksum() && newer.hdr.PreApplyChecksum != f.trailer.PostApplyChecksum {
+				return errorf(ErrChecksumMismatch, "%s: pre-apply checksum %s does not match post-apply checksum %s of %s",
+					newer.path, newer.hdr.PreApplyChecksum, f.trailer.PostApplyChecksum, f.path)
+			}
+		}
+		s.files = append(s.files, f)
+		limit = min(limit, f.hdr.Commit)
+		for k, pgno := range f.pgnos {
+			if pgno > limit {
+				break
+			}
+			if l := &s.locs[pgno-1]; l.file == 0 && pgno != s.lockPgno {
+				*l = pageLoc{file: uint32(len(s.files)), size: f.sizes[k], off: f.offs[k]}
+			}
+		}
+		f.pgnos, f.offs, f.sizes = nil, nil, nil // locs holds what is needed
+		for firstHole <= limit && (firstHole == s.lockPgno || s.locs[firstHole-1].file != 0) {
+			firstHole++
+		}
+		if firstHole > limit {
+			break
+		}
+	}
+	if s.opt.CacheDir != "" {
+		for _, f := range s.files {
+			f.cacheKey = cacheKey(s.opt.ReplicaID, f.path, f.info.Size, uint64(f.trailer.FileChecksum))
+		}
+	}
+	return nil
+}
+
+// TXID is the transaction the source shows.
+func (s *PageSource) TXID() ltx.TXID { return s.txid }
+
+// Time is the commit time of TXID, from its LTX header.
+func (s *PageSource) Time() time.Time { return s.time }
+
+// PageSize is the database's page size in bytes.
+func (s *PageSource) PageSize() uint32 { return s.pageSize }
+
+// Size is the database file's size in bytes (0: deleted at TXID).
+func (s *PageSource) Size() int64 { return int64(s.commit) * int64(s.pageSize) }
+
+// FilesRead is how many LTX files the source's pages come from.
+func (s *PageSource) FilesRead() int { return len(s.files) }
+
+// Stats returns the bytes read from the replica so far.
+func (s *PageSource) Stats() PageSourceStats {
+	return PageSourceStats{IndexBytes: s.indexBytes.Load(), PageBytes: s.pageBytes.Load(), Requests: s.requests.Load()}
+}
+
+// Close stops readahead and waits for it. Reads after Close fail.
+func (s *PageSource) Close() error {
+	s.stop()
+	s.wg.Wait()
+	return nil
+}
+
+// ReadAt reads the database file: len(p) bytes at off, fewer with io.EOF at
+// its end. It fetches the pages it does not have, each once however many
+// readers want it at the same time.
+func (s *PageSource) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	size := s.Size()
+	if off < 0 {
+		return 0, fmt.Errorf("read %s at %d: negative offset", s.db, off)
+	}
+	if off >= size || len(p) == 0 {
+		return 0, io.EOF
+	}
+	n := int(min(int64(len(p)), size-off))
+	ps := int64(s.pageSize)
+	first, last := uint32(off/ps)+1, uint32((off+int64(n)-1)/ps)+1
+	pages, err := s.load(ctx, first, last)
+	if err != nil {
+		return 0, err
+	}
+	for i, page := range pages {
+		start := (int64(first) + int64(i) - 1) * ps // file offset of the page
+		lo, hi := max(start, off), min(start+ps, off+int64(n))
+		copy(p[lo-off:hi-off], page[lo-start:hi-start])
+	}
+	if s.opt.Rollback && first == 1 && pages[0][18] == 2 && pages[0][19] == 2 {
+		for i := int64(18); i <= 19; i++ {
+			if i >= off && i < off+int64(n) {
+				p[i-off] = 1
+			}
+		}
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// load returns pages first..last, fetching those not in memory. A page
+// another reader is fetching is waited for, not fetched twice.
+func (s *PageSource) load(ctx context.Context, first, last uint32) ([][]byte, error) {
+	out := make([][]byte, last-first+1)
+	for {
+		var mine []uint32
+		var waits []chan struct{}
+		fl := &flight{done: make(chan struct{})}
+		s.mu.Lock()
+		for pgno := first; pgno <= last; pgno++ {
+			if out[pgno-first] != nil {
+				continue
+			}
+			if s.locs[pgno-1].file == 0 || pgno == s.lockPgno {
+				out[pgno-first] = s.zero
+			} else if data, ok := s.lru.get(pgno); ok {
+				out[pgno-first] = data
+			} else if other, ok := s.inflight[pgno]; ok {
+				waits = append(waits, other.done)
+			} else {
+				s.inflight[pgno] = fl
+				mine = append(mine, pgno)
+			}
+		}
+		s.mu.Unlock()
+		if len(mine) > 0 {
+			got, err := s.fetch(ctx, mine)
+			s.mu.Lock()
+			for _, pgno := range mine {
+				delete(s.inflight, pgno)
+			}
+			s.mu.Unlock()
+			close(fl.done)
+			if err != nil {
+				return nil, err
+			}
+			for pgno, data := range got {
+				out[pgno-first] = data
+			}
+		}
+		if len(waits) == 0 {
+			return out, nil
+		}
+		for _, w := range waits {
+			select {
+			case <-w:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		// The pages waited for are in memory now, unless their fetch failed
+		// or they were evicted already: then the next round fetches them.
+	}
+}
+
+// span is one ranged read: frames of one file, in file order, close together.
+type span struct {
+	f        *fileIndex
+	off, end int64
+	pgnos    []uint32
+}
+
+// fetch reads pgnos (ascending, each held by some file) from the replica,
+// frames of a file that lie close together in one ranged read (a file's
+// frames are in page order), several reads at once, and keeps the pages in
+// memory.
+func (s *PageSource) fetch(ctx context.Context, pgnos []uint32) (map[uint32][]byte, error) {
+	byFile := map[uint32]*span{} // the open span of each file
+	var spans []*span
+	for _, pgno := range pgnos {
+		loc := s.locs[pgno-1]
+		sp := byFile[loc.file]
+		if sp == nil || loc.off-sp.end > maxGap || loc.off+int64(loc.size)-sp.off > maxSpan {
+			sp = &span{f: s.files[loc.file-1], off: loc.off, end: loc.off}
+			byFile[loc.file] = sp
+			spans = append(spans, sp)
+		}
+		sp.end = loc.off + int64(loc.size)
+		sp.pgnos = append(sp.pgnos, pgno)
+	}
+
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		out      = make(map[uint32][]byte, len(pgnos))
+		firstErr error
+	)
+	for _, sp := range spans {
+		select {
+		case s.fetchSem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return nil, ctx.Err()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-s.fetchSem }()
+			pages, err := s.fetchSpan(ctx, sp)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				firstErr = cmp.Or(firstErr, err)
+				return
+			}
+			for i, pgno := range sp.pgnos {
+				out[pgno] = pages[i]
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	for pgno, data := range out {
+		s.lru.put(pgno, data)
+	}
+	return out, nil
+}
+
+// fetchSpan reads one span and decodes its pages.
+func (s *PageSource) fetchSpan(ctx context.Context, sp *span) ([][]byte, error) {
+	data, err := s.readRange(ctx, sp.f, sp.off, sp.end-sp.off)
+	if err != nil {
+		return nil, err
+	}
+	pages := make([][]byte, len(sp.pgnos))
+	for i, pgno := range sp.pgnos {
+		loc := s.locs[pgno-1]
+		page := make([]byte, s.pageSize)
+		if err := sp.f.decodeFrame(data[loc.off-sp.off:loc.off-sp.off+int64(loc.size)], pgno, page); err != nil {
+			return nil, err
+		}
+		pages[i] = page
+	}
+	return pages, nil
+}
+
+// readRange reads n bytes of a file at off, through the disk cache if any.
+func (s *PageSource) readRange(ctx context.Context, f *fileIndex, off, n int64) ([]byte, error) {
+	get := func(off, n int64) ([]byte, error) {
+		b := make([]byte, n)
+		err := ship.ReadLTXAt(ctx, s.r, s.db, f.info.Level, f.info.MinTXID, f.info.MaxTXID, b, off)
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, f.corrupt(fmt.Errorf("shorter than its page index says"))
+		} else if err != nil {
+			return nil, fmt.Errorf("read %s: %w", f.path, err)
+		}
+		total := s.pageBytes.Add(n)
+		s.requests.Add(1)
+		s.log.Debug("fetched", "db", s.db, "file", f.path, "off", off, "bytes", n, "total_bytes", total)
+		return b, nil
+	}
+	if s.disk == nil {
+		return get(off, n)
+	}
+	return s.disk.read(f.cacheKey, f.info.Size, off, n, get)
+}
+
+// Reader reads a PageSource for one reader (one open file) and fetches
+// ahead of it when it reads sequentially, so that copying the database out
+// streams instead of waiting for one range at a time.
+type Reader struct {
+	s           *PageSource
+	mu          sync.Mutex
+	next, ahead uint32 // the page after the last read; the last page fetched ahead
+	streak      uint32 // pages read in sequence so far
+}
+
+// NewReader returns a reader with its own readahead state.
+func (s *PageSource) NewReader() *Reader { return &Reader{s: s} }
+
+// ReadAt is PageSource.ReadAt, plus readahead.
+func (rd *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	s := rd.s
+	if ps := int64(s.pageSize); off >= 0 && off < s.Size() && len(p) > 0 {
+		first := uint32(off/ps) + 1
+		last := uint32(min(s.Size()-1, off+int64(len(p))-1)/ps) + 1
+		rd.readahead(first, last)
+	}
+	return s.ReadAt(ctx, p, off)
+}
+
+// readahead starts fetching the pages after last in the background when
+// this read continues the previous one.
+func (rd *Reader) readahead(first, last uint32) {
+	s := rd.s
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	seq := rd.next != 0 && first+raSlack >= rd.next && first <= rd.next+raSlack
+	rd.next = last + 1
+	if !seq {
+		rd.ahead, rd.streak = last, 0
+		return
+	}
+	// A few sequential reads (SQLite reading neighbouring pages, the
+	// kernel's own readahead at the start of a file) fetch nothing extra:
+	// only a streak of raStreak bytes does, and the window grows with it.
+	rd.streak += last - first + 1
+	ps := s.pageSize
+	if rd.streak*ps < raStreak {
+		return
+	}
+	window := min(max(2*rd.streak, raStreak/ps), readaheadBytes/ps)
+	if rd.ahead >= last+window/2 {
+		return
+	}
+	from, to := max(rd.ahead, last)+1, min(last+window, s.commit)
+	if from > to {
+		return
+	}
+	select {
+	case s.raSem <- struct{}{}:
+	default:
+		return // enough in flight; a later read asks again
+	}
+	rd.ahead = to
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.raSem }()
+		if _, err := s.load(s.bg, from, to); err != nil && s.bg.Err() == nil {
+			s.log.Debug("readahead", "db", s.db, "from", from, "to", to, "err", err)
+		}
+	}()
+}
