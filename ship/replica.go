@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc64"
 	"io/fs"
 	"net/url"
 	"os"
@@ -21,6 +22,7 @@ import (
 // one succeeds and the other learns it lost (ErrExists).
 type ReplicaClient interface {
 	Replica
+	LeaseClient
 	// PutLTX stores one LTX file. It fails with ErrExists (errors.Is) if the
 	// object already exists: uploads are conditional (If-None-Match: *), so
 	// two writers cannot clobber each other. createdAt is the commit time,
@@ -141,4 +143,92 @@ func (r *FileReplica) DeleteLTX(ctx context.Context, db string, level int, minTX
 // String is the replica's file:// URL.
 func (r *FileReplica) String() string {
 	return (&url.URL{Scheme: "file", Path: r.Root}).String()
+}
+
+var _ LeaseClient = (*FileReplica)(nil)
+
+// ReadLease reads ROOT/.sqlfs-lease; its ETag is a hash of its bytes.
+func (r *FileReplica) ReadLease(ctx context.Context) ([]byte, string, error) {
+	data, err := os.ReadFile(filepath.Join(r.Root, LeaseName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, "", fmt.Errorf("%s: %w", LeaseName, ErrNotFound)
+	} else if err != nil {
+		return nil, "", err
+	}
+	return data, contentTag(data), nil
+}
+
+// WriteLease replaces ROOT/.sqlfs-lease (temp file, fsync, rename) if its
+// ETag still is ifMatch ("": absent). The check and the rename happen under
+// an exclusive flock of the root directory, which every sqlfs writing the
+// lease of this replica takes.
+func (r *FileReplica) WriteLease(ctx context.Context, data []byte, ifMatch string) (string, error) {
+	if err := r.mkdirDurable(r.Root); err != nil {
+		return "", err
+	}
+	unlock, err := r.lockLease(ifMatch)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	path := filepath.Join(r.Root, LeaseName)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return "", err
+	}
+	f, err := os.Open(tmp)
+	if err == nil {
+		err = f.Sync()
+		f.Close()
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	return contentTag(data), syncDir(r.Root)
+}
+
+// DeleteLease removes ROOT/.sqlfs-lease if its ETag still is ifMatch.
+func (r *FileReplica) DeleteLease(ctx context.Context, ifMatch string) error {
+	unlock, err := r.lockLease(ifMatch)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return os.Remove(filepath.Join(r.Root, LeaseName))
+}
+
+// lockLease locks the root directory and checks the lease's ETag is ifMatch
+// ("": no lease). It fails with ErrExists when it is not.
+func (r *FileReplica) lockLease(ifMatch string) (unlock func(), err error) {
+	fd, err := unix.Open(r.Root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: r.Root, Err: err}
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "flock", Path: r.Root, Err: err}
+	}
+	unlock = func() { unix.Close(fd) }
+	cur, err := os.ReadFile(filepath.Join(r.Root, LeaseName))
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && ifMatch == "":
+		return unlock, nil
+	case err == nil && ifMatch != "" && contentTag(cur) == ifMatch:
+		return unlock, nil
+	case err == nil || errors.Is(err, fs.ErrNotExist):
+		unlock()
+		return nil, fmt.Errorf("%s: %w", LeaseName, ErrExists)
+	default:
+		unlock()
+		return nil, err
+	}
+}
+
+// contentTag is the ETag of a file replica's lease: its CRC-64.
+func contentTag(data []byte) string {
+	return fmt.Sprintf("%016x", crc64.Checksum(data, crc64ISO))
 }

@@ -41,6 +41,10 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	syncReplica := fset.Bool("sync-replica", false, "an fsync returns only once the replica has every commit up to it (RPO 0)")
 	syncTimeout := fset.Duration("sync-timeout", 10*time.Second, "with -sync-replica, how long an fsync waits for the replica before failing with EIO")
 	shutdownTimeout := fset.Duration("shutdown-timeout", 10*time.Second, "at unmount, how long to wait for pending uploads")
+	var shipOpt ship.Options
+	fset.IntVar(&shipOpt.MaxBacklog, "max-backlog", 1000, "merge the commits waiting for the replica into one LTX file once more than `N` wait (0: never)")
+	fset.DurationVar(&shipOpt.MaxLag, "max-lag", 0, "merge the commits waiting for the replica once the oldest has waited this long (0: never)")
+	fset.Float64Var(&shipOpt.MaxPutRate, "max-put-rate", 0, "at most `N` uploads a second; commits that wait for one go up merged (0: no limit)")
 	if err := parseFlags(fset, args, stdout); err != nil {
 		return err
 	}
@@ -88,7 +92,8 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	var rep *replication
 	if *replicaURL != "" {
-		if rep, err = startReplication(ctx, *replicaURL, store, *syncReplica, *syncTimeout, log); err != nil {
+		c := replicaConfig{url: *replicaURL, sync: *syncReplica, syncTimeout: *syncTimeout, opt: shipOpt}
+		if rep, err = startReplication(ctx, c, dd, store, log); err != nil {
 			return err
 		}
 		defer rep.stop(*shutdownTimeout, log)
