@@ -68,9 +68,9 @@ type Options struct {
 
 type shipState struct {
 	name     string
-	pos      ltx.TXID // gap-free position in the replica
-	next     ltx.TXID // next TXID to start
-	local    ltx.TXID // newest TXID in the local store
+	pos      ltx.TXID              // gap-free position in the replica
+	next     ltx.TXID              // next TXID to start
+	local    ltx.TXID              // newest TXID in the local store
 	done     map[ltx.TXID]ltx.TXID // uploaded ranges past pos: min -> max
 	todo     []txRange             // ranges to start again (failed or cut short), by min
 	inflight int
