@@ -14,6 +14,15 @@ import (
 	"time"
 )
 
+// newS3Replica starts an S3 server and returns the URL of a prefix in it,
+// with a fresh data dir and mount point to replicate from.
+func newS3Replica(t *testing.T, prefix string) (s3 *s3Server, url, data, mnt string) {
+	t.Helper()
+	s3 = startS3(t)
+	data, mnt = newDirs(t)
+	return s3, s3.url(prefix), data, mnt
+}
+
 // reach is how far a chain of files from TXID 1 gets, as restore plans it.
 func reach(files []txRange) uint64 {
 	far := map[uint64]uint64{}
@@ -125,9 +134,7 @@ func restoreAt(t *testing.T, txid uint64, src ...string) string {
 // A clean stop with the server down gives up after -shutdown-timeout and
 // says what is pending; the next mount ships it.
 func TestReplicaS3Outage30s(t *testing.T) {
-	s3 := startS3(t)
-	url := s3.url("outage")
-	data, mnt := newDirs(t)
+	s3, url, data, mnt := newS3Replica(t, "outage")
 	flags := []string{"-replica", url, "-shutdown-timeout", "2s"}
 	m := startMount(t, data, mnt, flags...)
 	w := startWriter(t, m.Path("app.db"), 20)
@@ -187,9 +194,7 @@ func TestReplicaS3Outage30s(t *testing.T) {
 // shows its range, the latest state restores, and a TXID inside it is
 // refused with a message that says why.
 func TestReplicaMergeBacklog(t *testing.T) {
-	s3 := startS3(t)
-	url := s3.url("merge")
-	data, mnt := newDirs(t)
+	s3, url, data, mnt := newS3Replica(t, "merge")
 	m := startMount(t, data, mnt, "-replica", url, "-max-backlog", "5")
 	cli := startWALTable(t, m)
 	for i := range 5 {
@@ -231,9 +236,7 @@ func TestReplicaMergeBacklog(t *testing.T) {
 // TestReplicaPutRate: -max-put-rate 5 holds a stream of commits as fast as
 // SQLite makes them to about 5 objects a second, and loses none of them.
 func TestReplicaPutRate(t *testing.T) {
-	s3 := startS3(t)
-	url := s3.url("rate")
-	data, mnt := newDirs(t)
+	_, url, data, mnt := newS3Replica(t, "rate")
 	m := startMount(t, data, mnt, "-replica", url, "-max-put-rate", "5")
 	start := time.Now()
 	w := startWriter(t, m.Path("app.db"), 0)
@@ -283,9 +286,7 @@ func forceUnmount(mnt string) {
 // with a message naming the mount that holds it; the same data dir mounts
 // again after kill -9; a clean unmount frees the replica.
 func TestReplicaLease(t *testing.T) {
-	s3 := startS3(t)
-	url := s3.url("lease")
-	data, mnt := newDirs(t)
+	_, url, data, mnt := newS3Replica(t, "lease")
 	m := startMount(t, data, mnt, "-replica", url)
 	sqlite3Cmd(t, m.Path("app.db"), "CREATE TABLE t(x); INSERT INTO t VALUES(1);")
 
