@@ -39,12 +39,13 @@ var ErrExists = errors.New("already exists")
 
 var _ ReplicaClient = (*FileReplica)(nil)
 
-// PutLTX stores one LTX file durably: the bytes go to a temporary file that
-// is fsynced and then hard-linked to the final name, so the file appears
-// complete or not at all, and an existing file makes the link, and PutLTX,
-// fail with ErrExists. The file's modification time is set to createdAt
-// (unless zero), which LTXFiles reports as CreatedAt. The directory is
-// fsynced before PutLTX returns.
+// PutLTX stores one LTX file durably: the bytes go to an unnamed file in
+// the level directory (O_TMPFILE; a named temporary file where the
+// filesystem has none) that is fsynced and then hard-linked to the final
+// name, so the file appears complete or not at all, and an existing file
+// makes the link, and PutLTX, fail with ErrExists. The file's modification
+// time is set to createdAt (unless zero), which LTXFiles reports as
+// CreatedAt. The directory is fsynced before PutLTX returns.
 func (r *FileReplica) PutLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, data []byte, createdAt time.Time) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -55,8 +56,60 @@ func (r *FileReplica) PutLTX(ctx context.Context, db string, level int, minTXID,
 	if err := r.mkdirDurable(dir); err != nil {
 		return err
 	}
-	// A name of our own (CreateTemp), so two writers never share a temp file;
-	// the .tmp suffix lets RemoveTemp clean up after a crash.
+	// An unnamed file takes no directory entry until the link: creating
+	// and removing a named one costs more than the rest of a small put,
+	// and uploads running at once contend for the directory.
+	err = putUnnamed(dir, final, data, createdAt)
+	if errors.Is(err, errors.ErrUnsupported) {
+		err = putNamed(dir, final, data, createdAt)
+	}
+	if errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("%s: %w", rel, ErrExists)
+	} else if err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// putUnnamed writes data to an O_TMPFILE file in dir, fsyncs it and links
+// it to final. Without O_TMPFILE (or /proc) it is errors.ErrUnsupported.
+func putUnnamed(dir, final string, data []byte, createdAt time.Time) error {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
+		return errors.ErrUnsupported
+	} else if err != nil {
+		return &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(fd)
+	if _, err := fdWriter(fd).Write(data); err != nil {
+		return &os.PathError{Op: "write", Path: final, Err: err}
+	}
+	if !createdAt.IsZero() {
+		tv := unix.NsecToTimeval(createdAt.UnixNano())
+		if err := unix.Futimes(fd, []unix.Timeval{tv, tv}); err != nil {
+			return &os.PathError{Op: "utimes", Path: final, Err: err}
+		}
+	}
+	if err := unix.Fsync(fd); err != nil {
+		return &os.PathError{Op: "fsync", Path: final, Err: err}
+	}
+	proc := fmt.Sprintf("/proc/self/fd/%d", fd)
+	err = unix.Linkat(unix.AT_FDCWD, proc, unix.AT_FDCWD, final, unix.AT_SYMLINK_FOLLOW)
+	if errors.Is(err, unix.ENOENT) {
+		if _, serr := os.Stat(proc); serr != nil {
+			return errors.ErrUnsupported // no /proc
+		}
+	}
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return &os.LinkError{Op: "link", Old: proc, New: final, Err: err}
+	}
+	return err
+}
+
+// putNamed is putUnnamed through a named temporary file. A name of its own
+// (CreateTemp), so two writers never share one; the .tmp suffix lets
+// RemoveTemp clean up after a crash.
+func putNamed(dir, final string, data []byte, createdAt time.Time) error {
 	f, err := os.CreateTemp(dir, filepath.Base(final)+".*.tmp")
 	if err != nil {
 		return err
@@ -86,14 +139,11 @@ func (r *FileReplica) PutLTX(ctx context.Context, db string, level int, minTXID,
 		return err
 	}
 	if err := unix.Link(tmp, final); errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("%s: %w", rel, ErrExists)
+		return err
 	} else if err != nil {
 		return &os.LinkError{Op: "link", Old: tmp, New: final, Err: err}
 	}
-	if err := unix.Unlink(tmp); err != nil && !errors.Is(err, unix.ENOENT) {
-		return &os.PathError{Op: "unlink", Path: tmp, Err: err}
-	}
-	return syncDir(dir)
+	return nil
 }
 
 // mkdirDurable creates dir and any missing parents, fsyncing the parent of
