@@ -77,6 +77,14 @@ func NewS3Replica(ctx context.Context, c S3Config) (*S3Replica, error) {
 	if cfg.Region == "" {
 		cfg.Region = s3DefaultRegion
 	}
+	if cfg.RequestChecksumCalculation == aws.RequestChecksumCalculationUnset {
+		// Unless configured otherwise, a PUT carries no extra checksum: by
+		// default the SDK streams the body aws-chunked with a CRC trailer,
+		// which costs both sides CPU on every small object (and not every
+		// S3 compatible server takes it). An LTX file has its own checksum,
+		// which every reader verifies.
+		cfg.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+	}
 	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
 		if c.Endpoint != "" {
 			o.BaseEndpoint = aws.String(c.Endpoint)
