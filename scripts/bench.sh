@@ -167,7 +167,7 @@ if ((replication)); then
 	replication_run
 fi
 
-sqlite_version=$(cat "$base"/results "$base"/replication.results 2>/dev/null | sed -n 's/.*"sqlite":"\([^"]*\)".*/\1/p' | head -n 1)
+sqlite_version=$( (cat "$base"/results "$base"/replication.results 2>/dev/null || true) | sed -n 's/.*"sqlite":"\([^"]*\)".*/\1/p' | head -n 1)
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 fstype=$(df -PT "$base" | awk 'NR == 2 { print $2 }')

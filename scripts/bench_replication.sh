@@ -16,9 +16,12 @@
 #   - PUTs per 1,000 commits at that full speed: objects in the replica once
 #     it has caught up, per 1,000 TXIDs.
 #
+# Sides: file (file://), s3 (defaults) and s3-cap (S3 with -max-put-rate
+# $SQLFS_BENCH_PUT_RATE, default 50).
+#
 # Every process it starts is stopped by PID in replication_cleanup.
 
-rep_pids=() rep_mnts=() vgw_pid=
+rep_pids=() rep_mnts=() vgw_pid='' put_rate=${SQLFS_BENCH_PUT_RATE:-50}
 
 # replication_cleanup stops the mounts and the S3 server this section started.
 replication_cleanup() {
@@ -57,16 +60,17 @@ start_versitygw() {
 	sqlfs_die "versitygw did not start (see $base/versitygw.log)"
 }
 
-# start_replicated KIND URL starts a mount replicating to URL; its mount
-# point is $base/mnt-KIND.
+# start_replicated KIND URL [FLAG...] starts a mount replicating to URL; its
+# mount point is $base/mnt-KIND.
 start_replicated() {
 	local kind=$1 url=$2 m=$base/mnt-$1 pid
+	shift 2
 	mkdir -p "$m"
-	"$bin/sqlfs" mount -data "$base/data-$kind" -replica "$url" "$m" >"$base/mount-$kind.log" 2>&1 &
+	"$bin/sqlfs" mount -data "$base/data-$kind" -replica "$url" "$@" "$m" >"$base/mount-$kind.log" 2>&1 &
 	pid=$!
 	rep_pids+=("$pid") rep_mnts+=("$m")
 	sqlfs_wait_mount "$m" "$pid" 30 || { tail -n 20 "$base/mount-$kind.log" >&2; exit 1; }
-	sqlfs_say "sqlfs mounted at $m with -replica $url (pid $pid)"
+	sqlfs_say "sqlfs mounted at $m with -replica $url $* (pid $pid)"
 }
 
 # replica_dir KIND DB is the directory DB's level-0 objects land in.
@@ -74,6 +78,7 @@ replica_dir() {
 	case $1 in
 	file) echo "$base/replica/$2/0000" ;;
 	s3) echo "$base/s3/backup/bench/$2/0000" ;;
+	s3-cap) echo "$base/s3/backup/bench-cap/$2/0000" ;;
 	esac
 }
 
@@ -120,9 +125,10 @@ replication_run() {
 	mkdir -p "$base/replica"
 	start_replicated file "file://$base/replica"
 	start_replicated s3 "s3://backup/bench"
+	start_replicated s3-cap "s3://backup/bench-cap" -max-put-rate "$put_rate"
 	declare -gA rep=()
 	for ((r = 1; r <= rounds; r++)); do
-		for kind in file s3; do
+		for kind in file s3 s3-cap; do
 			for rate in 10 100; do
 				db=lag-$rate-$r.db
 				out=$("$bin/benchdriver" -db "$base/mnt-$kind/$db" -workload lag -rate "$rate" \
@@ -136,8 +142,8 @@ replication_run() {
 		done
 		# Full speed: without a replica (bench.sh's mount), file, s3; the
 		# side that goes first rotates.
-		local sides=(none file s3)
-		sides=("${sides[@]:r%3}" "${sides[@]:0:r%3}")
+		local sides=(none file s3 s3-cap)
+		sides=("${sides[@]:r%4}" "${sides[@]:0:r%4}")
 		for kind in "${sides[@]}"; do
 			local m=$mnt
 			[[ $kind != none ]] && m=$base/mnt-$kind
@@ -174,12 +180,13 @@ replication_table() {
 	echo "replication: lag from COMMIT returning to the object being visible in the replica (inotify on the"
 	echo "directory it lands in), medians of $rounds rounds of $lag_duration at each pace, (min–max) over rounds;"
 	echo "wal-normal-writes for $duration per round; ratio: tx/s with the replica / without; PUTs per 1,000 commits at that speed"
+	echo "s3-cap: S3 with -max-put-rate $put_rate; versitygw runs on the same cores, with --keep-alive"
 	echo
 	echo "| replica | lag p50 @10/s ms | lag p99 @10/s ms | lag p50 @100/s ms | lag p99 @100/s ms | tx/s | ratio | PUTs per 1,000 commits |"
 	echo "|---|---|---|---|---|---|---|---|"
 	none=$(printf '%s\n' ${rep[none,txs]} | median)
 	echo "| none | - | - | - | - | $(med_spread "${rep[none,txs]}") | 1.00 | - |"
-	for kind in file s3; do
+	for kind in file s3 s3-cap; do
 		ratio=$(awk -v a="$(printf '%s\n' ${rep[$kind,txs]} | median)" -v b="$none" 'BEGIN { printf "%.2f", a / b }')
 		echo "| $kind | $(med_spread "${rep[$kind,10,p50]}") | $(med_spread "${rep[$kind,10,p99]}") | $(med_spread "${rep[$kind,100,p50]}") | $(med_spread "${rep[$kind,100,p99]}") | $(med_spread "${rep[$kind,txs]}") | $ratio | $(med_spread "${rep[$kind,puts]}") |"
 	done
