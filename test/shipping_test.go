@@ -231,6 +231,16 @@ func TestReplicaMergeBacklog(t *testing.T) {
 	checkHistory(t, data, "app.db", want)
 	cli.close(t)
 	m.Stop()
+
+	// A remount resumes after the merged file.
+	m = startMount(t, data, mnt, "-replica", url, "-max-backlog", "5")
+	sqlite3Cmd(t, m.Path("app.db"), "INSERT INTO t(v) VALUES('after remount')")
+	waitReplicaReach(t, url, "app.db", lastTXID(t, data, "app.db"), 30*time.Second)
+	checkReplicaRestore(t, url, dbState(t, m.Path("app.db")), "after a remount past a merged file")
+	if strings.Contains(m.log.String(), "differs") {
+		t.Fatalf("the remount took its own merged file for another history:\n%s", m.log)
+	}
+	m.Stop()
 }
 
 // TestReplicaPutRate: -max-put-rate 5 holds a stream of commits as fast as
