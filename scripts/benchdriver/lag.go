@@ -32,7 +32,7 @@ import (
 // lagResult is what the lag workload adds to the result line.
 type lagResult struct {
 	P50ms, P99ms, Maxms float64
-	Early              int // commits already visible when their COMMIT returned
+	Early               int // commits already visible when their COMMIT returned
 }
 
 // watcher reports, per TXID, when an object holding it appeared in dir.
