@@ -78,6 +78,7 @@ type Lease struct {
 	log  *slog.Logger
 	stop chan struct{}
 	done chan struct{}
+	lost chan struct{} // closed when another mount took the lease over
 
 	mu   sync.Mutex
 	me   LeaseHolder
@@ -130,7 +131,8 @@ func AcquireLease(ctx context.Context, c LeaseClient, me LeaseHolder, log *slog.
 }
 
 func startLease(c LeaseClient, me LeaseHolder, etag string, log *slog.Logger) *Lease {
-	l := &Lease{c: c, log: log, me: me, etag: etag, stop: make(chan struct{}), done: make(chan struct{})}
+	l := &Lease{c: c, log: log, me: me, etag: etag,
+		stop: make(chan struct{}), done: make(chan struct{}), lost: make(chan struct{})}
 	go l.renew()
 	return l
 }
@@ -153,6 +155,7 @@ func (l *Lease) renew() {
 		cancel()
 		if errors.Is(err, ErrExists) {
 			l.log.Error("lost the replica lease: another sqlfs took it over after our heartbeats stopped", "replica", l.c.String())
+			close(l.lost)
 			return
 		} else if err != nil {
 			l.log.Warn("renewing the replica lease", "replica", l.c.String(), "err", err)
@@ -176,6 +179,10 @@ func (l *Lease) beat(ctx context.Context) error {
 	l.me, l.etag = me, etag
 	return nil
 }
+
+// Lost is closed when another mount has taken the lease over: this one must
+// stop shipping.
+func (l *Lease) Lost() <-chan struct{} { return l.lost }
 
 // Release stops renewing the lease and removes it, unless someone else
 // holds it by now.

@@ -27,8 +27,10 @@ type replication struct {
 	sync        bool          // -sync-replica: fsync waits for the replica
 	syncTimeout time.Duration // how long an fsync waits before failing with EIO
 
-	mu    sync.Mutex
-	lease *ship.Lease // nil until taken
+	log     *slog.Logger
+	mu      sync.Mutex
+	lease   *ship.Lease   // nil until taken
+	stopped chan struct{} // closed by stop
 }
 
 // replicaConfig is what -replica and the flags beside it say.
@@ -63,13 +65,15 @@ func startReplication(ctx context.Context, c replicaConfig, dd dataDir, store *s
 	if err != nil && !unreachable {
 		return nil, fmt.Errorf("replica %s: %w", replica, err)
 	}
-	r := &replication{sync: c.sync, syncTimeout: c.syncTimeout}
+	r := &replication{sync: c.sync, syncTimeout: c.syncTimeout, log: log, stopped: make(chan struct{})}
 	r.up = ship.NewUploader(store, replica, log, c.opt)
 	if !unreachable {
-		if r.lease, err = ship.AcquireLease(ctx, replica, me, log); err != nil {
+		lease, err := ship.AcquireLease(ctx, replica, me, log)
+		if err != nil {
 			r.up.Close(0)
 			return nil, err
 		}
+		r.held(lease)
 	} else {
 		log.Warn("replica unreachable; commits wait in the data dir until it is back", "replica", replica.String(), "err", err)
 		r.up.Pause()
@@ -90,16 +94,38 @@ func (r *replication) leaseLater(c ship.ReplicaClient, me ship.LeaseHolder, log 
 		var le *ship.LeaseError
 		switch {
 		case err == nil:
-			r.mu.Lock()
-			r.lease = lease
-			r.mu.Unlock()
+			r.held(lease)
 			r.up.Resume()
 			return
 		case errors.As(err, &le):
 			log.Error("not shipping to the replica", "err", err)
 			return
 		}
-		time.Sleep(wait)
+		select {
+		case <-r.stopped:
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// held records the lease for stop to release, and stops shipping if another
+// mount takes it over. A lease taken after stop is released at once.
+func (r *replication) held(lease *ship.Lease) {
+	r.mu.Lock()
+	r.lease = lease
+	r.mu.Unlock()
+	go func() {
+		select {
+		case <-lease.Lost():
+			r.up.Pause()
+		case <-r.stopped:
+		}
+	}()
+	select {
+	case <-r.stopped:
+		r.releaseLease()
+	default:
 	}
 }
 
@@ -169,15 +195,23 @@ func (r *replication) stop(timeout time.Duration, log *slog.Logger) {
 	for db, n := range r.up.Close(timeout) {
 		log.Warn("replica not up to date at unmount; these commits ship at the next mount", "db", db, "pending", n)
 	}
+	close(r.stopped)
+	r.releaseLease()
+}
+
+// releaseLease removes the replica lease, if this mount holds it.
+func (r *replication) releaseLease() {
 	r.mu.Lock()
 	lease := r.lease
+	r.lease = nil
 	r.mu.Unlock()
-	if lease != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := lease.Release(ctx); err != nil {
-			log.Warn("releasing the replica lease; another mount can take it once it is stale", "err", err, "after", ship.LeaseTTL)
-		}
+	if lease == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := lease.Release(ctx); err != nil {
+		r.log.Warn("releasing the replica lease; another mount can take it once it is stale", "err", err, "after", ship.LeaseTTL)
 	}
 }
 
