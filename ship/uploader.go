@@ -266,8 +266,15 @@ func (u *Uploader) Notify(db string, txid ltx.TXID) {
 			"backlog", uint64(backlog), "replica_txid", st.pos, "local_txid", st.local, "last_error", st.err)
 		st.warnAt = 2 * backlog
 	}
+	// Wake the dispatcher only if it can start something now: when every
+	// slot is busy, a backoff runs or the PUT rate is spent, a completion
+	// or its timer wakes it anyway. At full speed this saves a wake-up per
+	// commit.
+	wake := !u.paused && u.inflight < u.opt.MaxInFlight && !(st.fails > 0 && now.Before(st.retryAt)) && u.bucket.ready(now)
 	u.mu.Unlock()
-	u.changed.Broadcast()
+	if wake {
+		u.changed.Broadcast()
+	}
 }
 
 // WaitAll blocks until the replica has every commit of db stored so far.
@@ -596,6 +603,11 @@ type tokenBucket struct {
 	rate   float64
 	tokens float64
 	last   time.Time
+}
+
+// ready reports whether take would give a token now.
+func (b *tokenBucket) ready(now time.Time) bool {
+	return b.rate <= 0 || b.last.IsZero() || b.tokens+now.Sub(b.last).Seconds()*b.rate >= 1
 }
 
 // take spends a token and returns the zero time, or returns when the next

@@ -113,6 +113,9 @@ func TestTokenBucket(t *testing.T) {
 	if want := now.Add(100 * time.Millisecond); !at.Equal(want) {
 		t.Fatalf("second take at once: wait until %v, want %v", at, want)
 	}
+	if b.ready(now.Add(50 * time.Millisecond)) {
+		t.Fatal("ready 50 ms after the token was spent")
+	}
 	if at := b.take(now.Add(100 * time.Millisecond)); !at.IsZero() {
 		t.Fatalf("take after 100 ms waits until %v", at)
 	}
