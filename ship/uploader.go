@@ -266,11 +266,12 @@ func (u *Uploader) Notify(db string, txid ltx.TXID) {
 			"backlog", uint64(backlog), "replica_txid", st.pos, "local_txid", st.local, "last_error", st.err)
 		st.warnAt = 2 * backlog
 	}
-	// Wake the dispatcher only if it can start something now: when every
-	// slot is busy, a backoff runs or the PUT rate is spent, a completion
-	// or its timer wakes it anyway. At full speed this saves a wake-up per
+	// Wake the dispatcher unless something else surely will: a completion
+	// when every slot is busy, the backoff timer it armed after a failure.
+	// (Not a spent PUT rate: its timer is armed only once the dispatcher
+	// has work it cannot start.) At full speed this saves a wake-up per
 	// commit.
-	wake := !u.paused && u.inflight < u.opt.MaxInFlight && !(st.fails > 0 && now.Before(st.retryAt)) && u.bucket.ready(now)
+	wake := !u.paused && u.inflight < u.opt.MaxInFlight && !(st.fails > 0 && now.Before(st.retryAt))
 	u.mu.Unlock()
 	if wake {
 		u.changed.Broadcast()
@@ -603,11 +604,6 @@ type tokenBucket struct {
 	rate   float64
 	tokens float64
 	last   time.Time
-}
-
-// ready reports whether take would give a token now.
-func (b *tokenBucket) ready(now time.Time) bool {
-	return b.rate <= 0 || b.last.IsZero() || b.tokens+now.Sub(b.last).Seconds()*b.rate >= 1
 }
 
 // take spends a token and returns the zero time, or returns when the next
