@@ -96,6 +96,11 @@ type commitTime struct {
 
 const commitTimesDense = 1 << 16
 
+// maxBackoff is the longest wait between attempts while the replica fails
+// (plus up to half again of jitter): a replica back from an outage is
+// noticed within about that long.
+const maxBackoff = 2 * time.Second
+
 // backlogWarn is the backlog (commits not yet in the replica) at which the
 // uploader first warns; each later warning waits for twice the backlog.
 const backlogWarn = 1000
@@ -464,7 +469,7 @@ func (u *Uploader) failed(st *shipState, r txRange, err error) {
 	u.stats.Failures++
 	st.err = err
 	st.fails++
-	backoff := min(time.Duration(1<<min(st.fails, 6))*100*time.Millisecond, 5*time.Second)
+	backoff := min(time.Duration(1<<min(st.fails, 6))*100*time.Millisecond, maxBackoff)
 	backoff += time.Duration(rand.Int64N(int64(backoff / 2))) // jitter
 	st.retryAt = time.Now().Add(backoff)
 	if r.max > st.pos {
