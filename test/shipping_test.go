@@ -224,7 +224,9 @@ func TestReplicaMergeBacklog(t *testing.T) {
 	}
 	inside := merged.Min + 1
 	res := runSqlfs(t, "restore", "-o", filepath.Join(t.TempDir(), "app.db"), "-txid", fmt.Sprintf("%x", inside), url)
-	if res.code != 1 || !strings.Contains(res.stderr, "merges txids") {
+	wantMsg := fmt.Sprintf("merges txids %016x through %016x into one state (restorable here: txid %016x or %016x)",
+		merged.Min, merged.Max, merged.Min-1, merged.Max)
+	if res.code != 1 || !strings.Contains(res.stderr, wantMsg) {
 		t.Fatalf("restore of txid %d inside merged %v: exit %d: %s", inside, *merged, res.code, res.stderr)
 	}
 	// Local history still has every commit.
