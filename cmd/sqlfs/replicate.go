@@ -195,6 +195,9 @@ func (r *replication) stop(timeout time.Duration, log *slog.Logger) {
 	for db, n := range r.up.Close(timeout) {
 		log.Warn("replica not up to date at unmount; these commits ship at the next mount", "db", db, "pending", n)
 	}
+	st := r.up.Stats()
+	log.Info("replication stopped", "puts", st.PUTs, "merged_puts", st.MergedPUTs,
+		"merged_commits", st.MergedCommits, "failed_uploads", st.Failures)
 	close(r.stopped)
 	r.releaseLease()
 }
