@@ -65,8 +65,12 @@ func Plan(ctx context.Context, r ship.Replica, db string, target ltx.TXID) ([]*l
 			plan = append(plan, pick)
 			covered = pick.MaxTXID
 		case overshoot != nil:
-			return nil, errorf(ErrTXIDNotFound, "txid %s not found: %s merges txids %s through %s into one state",
-				target, ship.LTXPath(db, 0, overshoot.MinTXID, overshoot.MaxTXID), overshoot.MinTXID, overshoot.MaxTXID)
+			nearest := overshoot.MaxTXID.String()
+			if covered > 0 {
+				nearest = covered.String() + " or " + nearest
+			}
+			return nil, errorf(ErrTXIDNotFound, "txid %s not found: %s merges txids %s through %s into one state (restorable here: txid %s)",
+				target, ship.LTXPath(db, 0, overshoot.MinTXID, overshoot.MaxTXID), overshoot.MinTXID, overshoot.MaxTXID, nearest)
 		case i < len(infos):
 			return nil, errorf(ErrGap, "history of %s is missing txids %s through %s", db, next, infos[i].MinTXID-1)
 		default:

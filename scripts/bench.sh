@@ -16,6 +16,7 @@ all_workloads=(wal-normal-writes wal-full-writes delete-full-writes wal-reads de
 usage() {
 	cat <<EOF
 Usage: scripts/bench.sh [-duration 3s] [-rounds 3] [-workloads LIST] [-dir DIR] [-native-only]
+                        [-replication | -replication-only] [-lag-duration 10s]
 
   -duration D     how long each timed run lasts (Go duration; bulk is one transaction)
   -rounds N       runs per workload and side; the table shows medians
@@ -26,6 +27,11 @@ Usage: scripts/bench.sh [-duration 3s] [-rounds 3] [-workloads LIST] [-dir DIR] 
   -hist           instead of the workloads: historical mounts of a large history
                   (-hist-mib MiB database, default 1024; -hist-commits N, default 10000);
                   with SQLFS_VERSITYGW set, also from an S3 replica
+  -replication    also run the replication section: lag from commit to object
+                  visible in a file:// and a local S3 replica, and the write
+                  rate with a replica against without
+  -replication-only  only that section
+  -lag-duration D how long each lag run commits at its pace (default 10s)
 
 Environment: SQLFS_BIN=PATH benchmarks that sqlfs binary instead of building one.
 EOF
@@ -39,6 +45,7 @@ for a in "$0" "$@"; do
 done
 duration=3s rounds=3 parent=${TMPDIR:-/tmp} native_only=${SQLFS_BENCH_NATIVE_ONLY:-0}
 hist=0 hist_mib=1024 hist_commits=10000
+replication=0 lag_duration=10s
 workloads=("${all_workloads[@]}")
 while (($#)); do
 	case ${1#-} in
@@ -51,6 +58,9 @@ while (($#)); do
 	hist | -hist) hist=1 ;;
 	hist-mib | -hist-mib) hist_mib=${2:?-hist-mib needs a value}; shift ;;
 	hist-commits | -hist-commits) hist_commits=${2:?-hist-commits needs a value}; shift ;;
+	replication | -replication) replication=1 ;;
+	replication-only | -replication-only) replication=1 workloads=() ;;
+	lag-duration | -lag-duration) lag_duration=${2:?-lag-duration needs a value}; shift ;;
 	*) usage >&2; sqlfs_die "unknown argument $1" ;;
 	esac
 	shift
@@ -61,6 +71,8 @@ for w in "${workloads[@]}"; do
 	[[ " ${all_workloads[*]} " == *" $w "* ]] || sqlfs_die "unknown workload $w (want: ${all_workloads[*]})"
 done
 [[ $native_only == 1 ]] && native_only=1 || native_only=0
+((native_only && replication)) && sqlfs_die "-replication needs sqlfs; drop -native-only"
+[[ $lag_duration =~ ^[0-9]+(\.[0-9]+)?(ms|s|m)$ ]] || sqlfs_die "-lag-duration must look like 10s, not $lag_duration"
 
 sqlfs_setup_path
 load_start=$(cut -d' ' -f1 /proc/loadavg)
@@ -77,6 +89,9 @@ cleanup() {
 	trap - EXIT INT TERM
 	if [[ -n $mount_pid ]]; then
 		sqlfs_stop_mount "$mount_pid" "$mnt" || rc=1
+	fi
+	if declare -F replication_cleanup >/dev/null; then
+		replication_cleanup || rc=1
 	fi
 	sqlfs_remove_unless_mounted "$base" "$mnt"
 	exit "$rc"
@@ -211,7 +226,7 @@ mount_log_tail() {
 
 sqlfs_say "building benchdriver$( ((native_only)) || [[ -n ${SQLFS_BIN:-} ]] || printf ' and sqlfs')"
 (cd "$SQLFS_ROOT" && go build -o "$bin/benchdriver" ./scripts/benchdriver)
-if ((!native_only)); then
+if ((!native_only)) && ((${#workloads[@]} || replication)); then
 	if [[ -n ${SQLFS_BIN:-} ]]; then
 		ln -s "$(realpath "$SQLFS_BIN")" "$bin/sqlfs"
 	else
@@ -271,7 +286,15 @@ for w in "${workloads[@]}"; do
 	med_sqlfs[$w]=
 	((${#fus[@]})) && med_sqlfs[$w]=$(printf '%s\n' "${fus[@]}" | median)
 done
-sqlite_version=$(sed -n '1s/.*"sqlite":"\([^"]*\)".*/\1/p' "$base/results")
+# ---- replication: lag to a replica, write rate with one, PUTs per commit ----
+# (its own section: runs the drivers, keeps its results for the table below)
+if ((replication)); then
+	# shellcheck source=scripts/bench_replication.sh
+	. "$SQLFS_ROOT/scripts/bench_replication.sh"
+	replication_run
+fi
+
+sqlite_version=$( (cat "$base"/results "$base"/replication.results 2>/dev/null || true) | sed -n 's/.*"sqlite":"\([^"]*\)".*/\1/p' | head -n 1)
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 fstype=$(df -PT "$base" | awk 'NR == 2 { print $2 }')
@@ -283,10 +306,12 @@ echo "sqlfs benchmark, $(date -u +%Y-%m-%dT%H:%MZ), commit $rev"
 echo "machine: $(nproc) cores, ${cpu:-unknown CPU}, Linux $(uname -r), $fstype under $parent; load average $load_start at start, $(cut -d' ' -f1 /proc/loadavg) at end"
 echo "software: $(go version | cut -d' ' -f3), SQLite $sqlite_version (mattn/go-sqlite3), one connection"
 echo "command: ${command_line% }"
-echo "medians of $rounds rounds, $duration per timed run; ratio: sqlfs/native (bulk: native s / sqlfs s), higher is better"
-echo
-echo "| workload | unit | native | sqlfs | ratio |"
-echo "|---|---|---|---|---|"
+((${#workloads[@]})) && {
+	echo "medians of $rounds rounds, $duration per timed run; ratio: sqlfs/native (bulk: native s / sqlfs s), higher is better"
+	echo
+	echo "| workload | unit | native | sqlfs | ratio |"
+	echo "|---|---|---|---|---|"
+}
 for w in "${workloads[@]}"; do
 	n=${med_native[$w]} s=${med_sqlfs[$w]}
 	case $w in
@@ -307,6 +332,7 @@ for w in "${workloads[@]}"; do
 	# shellcheck disable=SC2059
 	printf "| %s | %s | $fmt | %s | %s |\n" "$w" "$unit" "$n" "$sv" "$ratio"
 done
+((replication)) && replication_table
 
 # ---- restore (issue 4) --------------------------------------------------------
 # SQLFS_BENCH_RESTORE=1 also times `sqlfs restore` of a 1 GiB database from a
@@ -315,3 +341,4 @@ done
 if [[ ${SQLFS_BENCH_RESTORE:-} == 1 ]]; then
 	"$SQLFS_ROOT/scripts/bench-restore.sh" -size "${SQLFS_BENCH_RESTORE_MIB:-1024}" -rounds "$rounds" -dir "$parent"
 fi
+exit 0

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc64"
 	"io/fs"
 	"net/url"
 	"os"
@@ -21,6 +22,7 @@ import (
 // one succeeds and the other learns it lost (ErrExists).
 type ReplicaClient interface {
 	Replica
+	LeaseClient
 	// PutLTX stores one LTX file. It fails with ErrExists (errors.Is) if the
 	// object already exists: uploads are conditional (If-None-Match: *), so
 	// two writers cannot clobber each other. createdAt is the commit time,
@@ -37,12 +39,13 @@ var ErrExists = errors.New("already exists")
 
 var _ ReplicaClient = (*FileReplica)(nil)
 
-// PutLTX stores one LTX file durably: the bytes go to a temporary file that
-// is fsynced and then hard-linked to the final name, so the file appears
-// complete or not at all, and an existing file makes the link, and PutLTX,
-// fail with ErrExists. The file's modification time is set to createdAt
-// (unless zero), which LTXFiles reports as CreatedAt. The directory is
-// fsynced before PutLTX returns.
+// PutLTX stores one LTX file durably: the bytes go to an unnamed file in
+// the level directory (O_TMPFILE; a named temporary file where the
+// filesystem has none) that is fsynced and then hard-linked to the final
+// name, so the file appears complete or not at all, and an existing file
+// makes the link, and PutLTX, fail with ErrExists. The file's modification
+// time is set to createdAt (unless zero), which LTXFiles reports as
+// CreatedAt. The directory is fsynced before PutLTX returns.
 func (r *FileReplica) PutLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, data []byte, createdAt time.Time) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -53,8 +56,60 @@ func (r *FileReplica) PutLTX(ctx context.Context, db string, level int, minTXID,
 	if err := r.mkdirDurable(dir); err != nil {
 		return err
 	}
-	// A name of our own (CreateTemp), so two writers never share a temp file;
-	// the .tmp suffix lets RemoveTemp clean up after a crash.
+	// An unnamed file takes no directory entry until the link: creating
+	// and removing a named one costs more than the rest of a small put,
+	// and uploads running at once contend for the directory.
+	err = putUnnamed(dir, final, data, createdAt)
+	if errors.Is(err, errors.ErrUnsupported) {
+		err = putNamed(dir, final, data, createdAt)
+	}
+	if errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("%s: %w", rel, ErrExists)
+	} else if err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// putUnnamed writes data to an O_TMPFILE file in dir, fsyncs it and links
+// it to final. Without O_TMPFILE (or /proc) it is errors.ErrUnsupported.
+func putUnnamed(dir, final string, data []byte, createdAt time.Time) error {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
+		return errors.ErrUnsupported
+	} else if err != nil {
+		return &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(fd)
+	if _, err := fdWriter(fd).Write(data); err != nil {
+		return &os.PathError{Op: "write", Path: final, Err: err}
+	}
+	if !createdAt.IsZero() {
+		tv := unix.NsecToTimeval(createdAt.UnixNano())
+		if err := unix.Futimes(fd, []unix.Timeval{tv, tv}); err != nil {
+			return &os.PathError{Op: "utimes", Path: final, Err: err}
+		}
+	}
+	if err := unix.Fsync(fd); err != nil {
+		return &os.PathError{Op: "fsync", Path: final, Err: err}
+	}
+	proc := fmt.Sprintf("/proc/self/fd/%d", fd)
+	err = unix.Linkat(unix.AT_FDCWD, proc, unix.AT_FDCWD, final, unix.AT_SYMLINK_FOLLOW)
+	if errors.Is(err, unix.ENOENT) {
+		if _, serr := os.Stat(proc); serr != nil {
+			return errors.ErrUnsupported // no /proc
+		}
+	}
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return &os.LinkError{Op: "link", Old: proc, New: final, Err: err}
+	}
+	return err
+}
+
+// putNamed is putUnnamed through a named temporary file. A name of its own
+// (CreateTemp), so two writers never share one; the .tmp suffix lets
+// RemoveTemp clean up after a crash.
+func putNamed(dir, final string, data []byte, createdAt time.Time) error {
 	f, err := os.CreateTemp(dir, filepath.Base(final)+".*.tmp")
 	if err != nil {
 		return err
@@ -84,14 +139,11 @@ func (r *FileReplica) PutLTX(ctx context.Context, db string, level int, minTXID,
 		return err
 	}
 	if err := unix.Link(tmp, final); errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("%s: %w", rel, ErrExists)
+		return err
 	} else if err != nil {
 		return &os.LinkError{Op: "link", Old: tmp, New: final, Err: err}
 	}
-	if err := unix.Unlink(tmp); err != nil && !errors.Is(err, unix.ENOENT) {
-		return &os.PathError{Op: "unlink", Path: tmp, Err: err}
-	}
-	return syncDir(dir)
+	return nil
 }
 
 // mkdirDurable creates dir and any missing parents, fsyncing the parent of
@@ -141,4 +193,92 @@ func (r *FileReplica) DeleteLTX(ctx context.Context, db string, level int, minTX
 // String is the replica's file:// URL.
 func (r *FileReplica) String() string {
 	return (&url.URL{Scheme: "file", Path: r.Root}).String()
+}
+
+var _ LeaseClient = (*FileReplica)(nil)
+
+// ReadLease reads ROOT/.sqlfs-lease; its ETag is a hash of its bytes.
+func (r *FileReplica) ReadLease(ctx context.Context) ([]byte, string, error) {
+	data, err := os.ReadFile(filepath.Join(r.Root, LeaseName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, "", fmt.Errorf("%s: %w", LeaseName, ErrNotFound)
+	} else if err != nil {
+		return nil, "", err
+	}
+	return data, contentTag(data), nil
+}
+
+// WriteLease replaces ROOT/.sqlfs-lease (temp file, fsync, rename) if its
+// ETag still is ifMatch ("": absent). The check and the rename happen under
+// an exclusive flock of the root directory, which every sqlfs writing the
+// lease of this replica takes.
+func (r *FileReplica) WriteLease(ctx context.Context, data []byte, ifMatch string) (string, error) {
+	if err := r.mkdirDurable(r.Root); err != nil {
+		return "", err
+	}
+	unlock, err := r.lockLease(ifMatch)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	path := filepath.Join(r.Root, LeaseName)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return "", err
+	}
+	f, err := os.Open(tmp)
+	if err == nil {
+		err = f.Sync()
+		f.Close()
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	return contentTag(data), syncDir(r.Root)
+}
+
+// DeleteLease removes ROOT/.sqlfs-lease if its ETag still is ifMatch.
+func (r *FileReplica) DeleteLease(ctx context.Context, ifMatch string) error {
+	unlock, err := r.lockLease(ifMatch)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return os.Remove(filepath.Join(r.Root, LeaseName))
+}
+
+// lockLease locks the root directory and checks the lease's ETag is ifMatch
+// ("": no lease). It fails with ErrExists when it is not.
+func (r *FileReplica) lockLease(ifMatch string) (unlock func(), err error) {
+	fd, err := unix.Open(r.Root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: r.Root, Err: err}
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "flock", Path: r.Root, Err: err}
+	}
+	unlock = func() { unix.Close(fd) }
+	cur, err := os.ReadFile(filepath.Join(r.Root, LeaseName))
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && ifMatch == "":
+		return unlock, nil
+	case err == nil && ifMatch != "" && contentTag(cur) == ifMatch:
+		return unlock, nil
+	case err == nil || errors.Is(err, fs.ErrNotExist):
+		unlock()
+		return nil, fmt.Errorf("%s: %w", LeaseName, ErrExists)
+	default:
+		unlock()
+		return nil, err
+	}
+}
+
+// contentTag is the ETag of a file replica's lease: its CRC-64.
+func contentTag(data []byte) string {
+	return fmt.Sprintf("%016x", crc64.Checksum(data, crc64ISO))
 }

@@ -78,6 +78,14 @@ func NewS3Replica(ctx context.Context, c S3Config) (*S3Replica, error) {
 	if cfg.Region == "" {
 		cfg.Region = s3DefaultRegion
 	}
+	if cfg.RequestChecksumCalculation == aws.RequestChecksumCalculationUnset {
+		// Unless configured otherwise, a PUT carries no extra checksum: by
+		// default the SDK streams the body aws-chunked with a CRC trailer,
+		// which costs both sides CPU on every small object (and not every
+		// S3 compatible server takes it). An LTX file has its own checksum,
+		// which every reader verifies.
+		cfg.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+	}
 	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
 		if c.Endpoint != "" {
 			o.BaseEndpoint = aws.String(c.Endpoint)
@@ -304,4 +312,67 @@ func (r *S3Replica) wrap(op, key string, err error) error {
 		return fmt.Errorf("%s: access denied to bucket %q (check the credentials and the bucket's policy): %w", loc, r.bucket, err)
 	}
 	return fmt.Errorf("%s: %w", loc, err)
+}
+
+var _ LeaseClient = (*S3Replica)(nil)
+
+// leaseKey is the key of the lease object at the replica root.
+func (r *S3Replica) leaseKey() string { return path.Join(r.prefix, LeaseName) }
+
+// ReadLease gets the lease object and its ETag.
+func (r *S3Replica) ReadLease(ctx context.Context) ([]byte, string, error) {
+	key := r.leaseKey()
+	out, err := r.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(r.bucket), Key: aws.String(key)})
+	if err != nil {
+		var nsk *types.NoSuchKey
+		if errors.As(err, &nsk) {
+			return nil, "", fmt.Errorf("s3://%s/%s: %w", r.bucket, key, ErrNotFound)
+		}
+		return nil, "", r.wrap("get", key, err)
+	}
+	defer out.Body.Close()
+	data, err := io.ReadAll(out.Body)
+	if err != nil {
+		return nil, "", r.wrap("get", key, err)
+	}
+	return data, aws.ToString(out.ETag), nil
+}
+
+// WriteLease puts the lease object with If-None-Match: * (ifMatch "") or
+// If-Match: ifMatch; a failed precondition is ErrExists.
+func (r *S3Replica) WriteLease(ctx context.Context, data []byte, ifMatch string) (string, error) {
+	key := r.leaseKey()
+	in := &s3.PutObjectInput{
+		Bucket: aws.String(r.bucket), Key: aws.String(key),
+		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
+		ContentType: aws.String("application/json"),
+	}
+	if ifMatch == "" {
+		in.IfNoneMatch = aws.String("*")
+	} else {
+		in.IfMatch = aws.String(ifMatch)
+	}
+	out, err := r.client.PutObject(ctx, in)
+	var nsk *types.NoSuchKey
+	if isPreconditionFailed(err) || (ifMatch != "" && errors.As(err, &nsk)) {
+		return "", fmt.Errorf("s3://%s/%s: %w", r.bucket, key, ErrExists)
+	} else if err != nil {
+		return "", r.wrap("put", key, err)
+	}
+	return aws.ToString(out.ETag), nil
+}
+
+// DeleteLease deletes the lease object with If-Match: ifMatch.
+func (r *S3Replica) DeleteLease(ctx context.Context, ifMatch string) error {
+	key := r.leaseKey()
+	_, err := r.client.DeleteObject(ctx, &s3.DeleteObjectInput{
+		Bucket: aws.String(r.bucket), Key: aws.String(key), IfMatch: aws.String(ifMatch),
+	})
+	var nsk *types.NoSuchKey
+	if isPreconditionFailed(err) || errors.As(err, &nsk) {
+		return fmt.Errorf("s3://%s/%s: %w", r.bucket, key, ErrExists)
+	} else if err != nil {
+		return r.wrap("delete", key, err)
+	}
+	return nil
 }

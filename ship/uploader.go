@@ -1,13 +1,12 @@
 package ship
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -21,49 +20,89 @@ import (
 // a database's replica position is the longest gap-free run of TXIDs from 1,
 // and only that is ever reported as shipped.
 //
+// Under overload it merges: when a database's backlog passes MaxBacklog
+// commits or its oldest unshipped commit is older than MaxLag, or when a PUT
+// would pass MaxPutRate, what is waiting goes up as one LTX file (merge.go).
+//
 // Invariants, under mu: for each database, every TXID <= pos is in the
-// replica; every TXID in (pos, next) is uploading, uploaded (done) or waiting
-// for a retry (retry); TXIDs >= next are only local. A local file is never
-// removed by the uploader, so nothing is lost while the replica is away.
+// replica; every TXID in (pos, next) is in a range that is uploading,
+// uploaded (done) or waiting to be started again (todo); TXIDs >= next are
+// only local. A local file is never removed by the uploader, so nothing is
+// lost while the replica is away.
 type Uploader struct {
 	store   *Store
 	replica ReplicaClient
 	log     *slog.Logger
-
-	// MaxInFlight bounds concurrent uploads (all databases together).
-	MaxInFlight int
+	opt     Options
 
 	mu       sync.Mutex
 	changed  *sync.Cond // broadcast on every position change or new work
 	dbs      map[string]*shipState
 	inflight int
+	paused   bool
 	closed   bool
+	bucket   tokenBucket
+	stats    Stats // counters; DBs is filled in by Stats
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 }
 
+// Options tune an Uploader. The zero value of a field means its default
+// (MaxInFlight) or no limit (the others).
+type Options struct {
+	// MaxInFlight bounds concurrent uploads (all databases together); when
+	// zero, 8 to S3 and 1 to a file replica.
+	MaxInFlight int
+	// MaxBacklog is the number of commits waiting for the replica past
+	// which a database's backlog is merged into one file to catch up.
+	MaxBacklog int
+	// MaxLag is the age of the oldest commit waiting for the replica past
+	// which the backlog is merged.
+	MaxLag time.Duration
+	// MaxPutRate caps PUTs per second; when a PUT would exceed it, the
+	// commits pending by the time one is allowed go up merged.
+	MaxPutRate float64
+}
+
 type shipState struct {
 	name     string
-	pos      ltx.TXID // gap-free position in the replica
-	next     ltx.TXID // next TXID to start
-	local    ltx.TXID // newest TXID in the local store
-	done     map[ltx.TXID]bool
-	retry    []retryItem
-	err      error    // the last upload error, cleared by a success
-	fails    int      // consecutive failures, for backoff
-	starting bool     // Start has not read the replica's position yet
-	warnAt   ltx.TXID // backlog size that triggers the next warning
+	pos      ltx.TXID              // gap-free position in the replica
+	next     ltx.TXID              // next TXID to start
+	local    ltx.TXID              // newest TXID in the local store
+	done     map[ltx.TXID]ltx.TXID // uploaded ranges past pos: min -> max
+	todo     []txRange             // ranges to start again (failed or cut short), by min
+	inflight int
+	err      error     // the last upload error, cleared by a success
+	fails    int       // consecutive failures, for backoff
+	retryAt  time.Time // no upload before this while fails > 0
+	starting bool      // Start has not read the replica's position yet
+	merging  bool      // the backlog passed a bound and has not caught up yet
+	warnAt   ltx.TXID  // backlog size that triggers the next warning
+	commits  []commitTime
+	ackLag   time.Duration // commit to acknowledgement of the newest acknowledged commit
 }
+
+type txRange struct{ min, max ltx.TXID }
+
+// commitTime says that commit txid was stored at at. Under a long outage
+// only one entry per second is kept, which bounds memory and keeps lag
+// figures to the second.
+type commitTime struct {
+	txid ltx.TXID
+	at   time.Time
+}
+
+const commitTimesDense = 1 << 16
+
+// maxBackoff is the longest wait between attempts while the replica fails
+// (plus up to half again of jitter): a replica back from an outage is
+// noticed within about that long.
+const maxBackoff = 2 * time.Second
 
 // backlogWarn is the backlog (commits not yet in the replica) at which the
 // uploader first warns; each later warning waits for twice the backlog.
 const backlogWarn = 1000
-
-type retryItem struct {
-	txid ltx.TXID
-	at   time.Time
-}
 
 // ErrDiverged is returned when the replica holds a different history than
 // the local store at the same TXID: sqlfs refuses to overwrite it.
@@ -71,101 +110,52 @@ var ErrDiverged = errors.New("replica history differs from local history")
 
 // NewUploader returns an uploader from store to replica. Call Start for each
 // database, then set store.OnAppend = u.Notify.
-func NewUploader(store *Store, replica ReplicaClient, log *slog.Logger) *Uploader {
+func NewUploader(store *Store, replica ReplicaClient, log *slog.Logger, opt Options) *Uploader {
+	if opt.MaxInFlight <= 0 {
+		opt.MaxInFlight = 8
+		if _, ok := replica.(*FileReplica); ok {
+			// Puts to a directory share one filesystem with the local
+			// store and the database: run at once, their inode creation
+			// and fsyncs only contend (measured: half the write rate of
+			// one at a time). Falling behind merges instead.
+			opt.MaxInFlight = 1
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	u := &Uploader{store: store, replica: replica, log: log, MaxInFlight: 8,
-		dbs: map[string]*shipState{}, ctx: ctx, cancel: cancel}
+	u := &Uploader{store: store, replica: replica, log: log, opt: opt,
+		dbs: map[string]*shipState{}, ctx: ctx, cancel: cancel,
+		bucket: tokenBucket{rate: opt.MaxPutRate, tokens: 1}}
 	u.changed = sync.NewCond(&u.mu)
 	u.wg.Add(1)
 	go u.dispatch()
 	return u
 }
 
-// Start resumes shipping db: it reads the replica's position and checks that
-// the replica's newest file agrees with local history at that TXID.
-func (u *Uploader) Start(ctx context.Context, db string, localLast ltx.TXID) error {
-	files, err := u.replica.LTXFiles(ctx, db, 0)
-	if err != nil {
-		return fmt.Errorf("replica %s: list %s: %w", u.replica, db, err)
-	}
-	present := map[ltx.TXID]bool{}
-	for _, f := range files {
-		if f.MinTXID == f.MaxTXID {
-			present[f.MaxTXID] = true
-		}
-	}
-	pos := ltx.TXID(0)
-	for present[pos+1] {
-		pos++
-	}
-	// A replica that is ahead of local history, or that disagrees with it
-	// at its position, belongs to another history.
-	if pos > localLast {
-		return fmt.Errorf("%w: replica %s has %s up to txid %s, local history ends at %s",
-			ErrDiverged, u.replica, db, pos, localLast)
-	}
-	if pos > 0 {
-		if err := u.sameFile(ctx, db, pos); err != nil {
-			return err
-		}
-	}
-	// Files past a gap (uploaded out of order before a crash) are put
-	// again: ErrExists and a comparison accept them.
+// Pause stops starting uploads until Resume (those running finish).
+func (u *Uploader) Pause() {
 	u.mu.Lock()
-	st := u.dbs[db]
-	if st == nil {
-		st = &shipState{name: db}
-		u.dbs[db] = st
-	}
-	st.pos, st.next, st.done, st.starting = pos, pos+1, map[ltx.TXID]bool{}, false
-	st.local = max(st.local, localLast)
+	u.paused = true
+	u.mu.Unlock()
+}
+
+// Resume starts uploading again after Pause.
+func (u *Uploader) Resume() {
+	u.mu.Lock()
+	u.paused = false
 	u.mu.Unlock()
 	u.changed.Broadcast()
-	if localLast > pos {
-		u.log.Info("shipping backlog", "db", db, "replica", u.replica.String(), "from", pos+1, "to", localLast)
-	}
-	return nil
-}
-
-// sameFile checks that the replica's file for txid carries the same
-// post-apply checksum as the local one.
-func (u *Uploader) sameFile(ctx context.Context, db string, txid ltx.TXID) error {
-	local, err := u.store.ReadLTX(db, txid, txid)
-	if err != nil {
-		return fmt.Errorf("local history of %s at %s: %w", db, txid, err)
-	}
-	rc, err := u.replica.OpenLTX(ctx, db, 0, txid, txid)
-	if err != nil {
-		return fmt.Errorf("replica %s: read %s: %w", u.replica, LTXPath(db, 0, txid, txid), err)
-	}
-	remote, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil {
-		return fmt.Errorf("replica %s: read %s: %w", u.replica, LTXPath(db, 0, txid, txid), err)
-	}
-	if !bytes.Equal(trailerOf(local), trailerOf(remote)) {
-		return fmt.Errorf("%w: %s at txid %s in replica %s (refusing to overwrite it; point -replica elsewhere or restore from it)",
-			ErrDiverged, db, txid, u.replica)
-	}
-	return nil
-}
-
-func trailerOf(b []byte) []byte {
-	if len(b) < ltx.TrailerSize {
-		return nil
-	}
-	return b[len(b)-ltx.TrailerSize:]
 }
 
 // Notify tells the uploader a new commit of db is in the local store. It
 // never waits on the network: it is called on the commit path.
 func (u *Uploader) Notify(db string, txid ltx.TXID) {
+	now := time.Now()
 	u.mu.Lock()
 	st := u.dbs[db]
 	if st == nil {
 		// A database created while mounted: find its replica position in
 		// the background.
-		st = &shipState{name: db, starting: true, done: map[ltx.TXID]bool{}}
+		st = &shipState{name: db, starting: true, done: map[ltx.TXID]ltx.TXID{}}
 		u.dbs[db] = st
 		u.wg.Add(1)
 		go func() {
@@ -180,14 +170,25 @@ func (u *Uploader) Notify(db string, txid ltx.TXID) {
 	}
 	if txid > st.local {
 		st.local = txid
+		if n := len(st.commits); n < commitTimesDense || now.Sub(st.commits[n-1].at) >= time.Second {
+			st.commits = append(st.commits, commitTime{txid, now})
+		}
 	}
 	if backlog := st.local - st.pos; backlog >= max(st.warnAt, backlogWarn) && !st.starting {
 		u.log.Warn("replication backlog growing", "db", db, "replica", u.replica.String(),
 			"backlog", uint64(backlog), "replica_txid", st.pos, "local_txid", st.local, "last_error", st.err)
 		st.warnAt = 2 * backlog
 	}
+	// Wake the dispatcher unless something else surely will: a completion
+	// when every slot is busy, the backoff timer it armed after a failure.
+	// (Not a spent PUT rate: its timer is armed only once the dispatcher
+	// has work it cannot start.) At full speed this saves a wake-up per
+	// commit.
+	wake := !u.paused && u.inflight < u.opt.MaxInFlight && !(st.fails > 0 && now.Before(st.retryAt))
 	u.mu.Unlock()
-	u.changed.Broadcast()
+	if wake {
+		u.changed.Broadcast()
+	}
 }
 
 // WaitAll blocks until the replica has every commit of db stored so far.
@@ -244,7 +245,8 @@ func (u *Uploader) WaitFor(ctx context.Context, db string, txid ltx.TXID) error 
 	}
 }
 
-// dispatch starts uploads while there is room and work, and schedules retries.
+// dispatch starts uploads while there is room and work, and sleeps until a
+// backoff or the PUT rate allows the next one.
 func (u *Uploader) dispatch() {
 	defer u.wg.Done()
 	timer := time.AfterFunc(time.Hour, func() { u.changed.Broadcast() })
@@ -252,35 +254,92 @@ func (u *Uploader) dispatch() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for !u.closed {
-		started := false
-		var nextRetry time.Time
+		var wake time.Time
+		later := func(t time.Time) {
+			if wake.IsZero() || t.Before(wake) {
+				wake = t
+			}
+		}
 		for _, st := range u.sortedDBs() {
+			if u.paused {
+				break
+			}
 			now := time.Now()
-			for i := 0; i < len(st.retry) && u.inflight < u.MaxInFlight; {
-				if r := st.retry[i]; !r.at.After(now) {
-					st.retry = append(st.retry[:i], st.retry[i+1:]...)
-					u.launch(st, r.txid)
-					started = true
-					continue
-				} else if nextRetry.IsZero() || r.at.Before(nextRetry) {
-					nextRetry = r.at
+			if st.fails > 0 && now.Before(st.retryAt) {
+				later(st.retryAt)
+				continue
+			}
+			for u.inflight < u.opt.MaxInFlight && u.hasWork(st) {
+				if at := u.bucket.take(now); !at.IsZero() {
+					later(at)
+					break
 				}
-				i++
-			}
-			for !st.starting && st.next <= st.local && u.inflight < u.MaxInFlight && st.fails == 0 {
-				u.launch(st, st.next)
-				st.next++
-				started = true
+				u.launch(st, u.nextRange(st, now))
 			}
 		}
-		if started {
-			continue
-		}
-		if !nextRetry.IsZero() {
-			timer.Reset(time.Until(nextRetry))
+		if !wake.IsZero() {
+			timer.Reset(time.Until(wake))
 		}
 		u.changed.Wait()
 	}
+}
+
+// hasWork reports whether st has a range to start now. Called with mu held.
+func (u *Uploader) hasWork(st *shipState) bool {
+	if st.starting || errors.Is(st.err, ErrDiverged) {
+		return false
+	}
+	return len(st.todo) > 0 || (st.next <= st.local && st.fails == 0)
+}
+
+// nextRange picks the next range of st to upload and takes it out of todo
+// or past next. Called with mu held, when hasWork.
+func (u *Uploader) nextRange(st *shipState, now time.Time) txRange {
+	// Past a bound the backlog merges until it has caught up: with merges
+	// only at the bound, a stream the uploader cannot follow one file at a
+	// time would fall back to single files as soon as it got under it.
+	over := (u.opt.MaxBacklog > 0 && int64(st.local-st.pos) > int64(u.opt.MaxBacklog)) ||
+		(u.opt.MaxLag > 0 && len(st.commits) > 0 && now.Sub(st.commits[0].at) > u.opt.MaxLag)
+	switch {
+	case over && !st.merging:
+		st.merging = true
+		u.log.Info("merging the replication backlog to catch up", "db", st.name, "replica", u.replica.String(),
+			"backlog", uint64(st.local-st.pos), "replica_txid", st.pos)
+	case st.merging && int64(st.local-st.pos) <= int64(u.opt.MaxInFlight):
+		st.merging = false
+	}
+	merge := u.opt.MaxPutRate > 0 || st.merging
+	switch {
+	case merge && st.inflight == 0 && st.local > st.pos+1:
+		// Everything not in the replica, failed ranges included.
+		r := txRange{st.pos + 1, min(st.local, st.pos+mergeMaxFiles)}
+		st.next = max(st.next, r.max+1)
+		st.todo = cutTodo(st.todo, r.max)
+		return r
+	case len(st.todo) > 0:
+		r := st.todo[0]
+		st.todo = st.todo[1:]
+		return r
+	case merge:
+		r := txRange{st.next, min(st.local, st.next+mergeMaxFiles-1)}
+		st.next = r.max + 1
+		return r
+	default:
+		st.next++
+		return txRange{st.next - 1, st.next - 1}
+	}
+}
+
+// cutTodo drops from todo what lies at or below txid.
+func cutTodo(todo []txRange, txid ltx.TXID) []txRange {
+	out := todo[:0]
+	for _, r := range todo {
+		if r.max > txid {
+			r.min = max(r.min, txid+1)
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func (u *Uploader) sortedDBs() []*shipState {
@@ -292,62 +351,124 @@ func (u *Uploader) sortedDBs() []*shipState {
 	return out
 }
 
-// launch uploads one TXID in the background. Called with mu held.
-func (u *Uploader) launch(st *shipState, txid ltx.TXID) {
+// launch uploads one range in the background. Called with mu held.
+func (u *Uploader) launch(st *shipState, r txRange) {
 	u.inflight++
+	st.inflight++
 	u.wg.Add(1)
 	go func() {
 		defer u.wg.Done()
-		err := u.upload(st.name, txid)
+		hi, err := u.upload(st.name, r)
 		u.mu.Lock()
 		defer u.mu.Unlock()
 		u.inflight--
+		st.inflight--
 		if err != nil {
-			st.err = err
-			st.fails++
-			backoff := min(time.Duration(1<<min(st.fails, 6))*100*time.Millisecond, 5*time.Second)
-			backoff += time.Duration(rand.Int64N(int64(backoff / 2))) // jitter
-			st.retry = append(st.retry, retryItem{txid, time.Now().Add(backoff)})
-			if st.fails == 1 || st.fails%20 == 0 {
-				u.log.Warn("upload failed; retrying", "db", st.name, "txid", txid, "replica", u.replica.String(), "err", err, "attempt", st.fails)
-			}
+			u.failed(st, r, err)
 		} else {
-			if st.fails > 0 {
-				u.log.Info("replica reachable again", "db", st.name, "replica", u.replica.String())
-			}
-			st.err, st.fails = nil, 0
-			st.done[txid] = true
-			for st.done[st.pos+1] {
-				delete(st.done, st.pos+1)
-				st.pos++
-			}
-			if st.warnAt > backlogWarn && st.local-st.pos < backlogWarn/2 {
-				u.log.Info("replica caught up", "db", st.name, "replica", u.replica.String(), "txid", st.pos)
-				st.warnAt = 0
-			}
+			u.shipped(st, r, hi)
 		}
 		u.changed.Broadcast()
 	}()
 }
 
-// upload puts one commit. An object that is already there (a previous run
-// uploaded it before a crash) counts if it is the same file.
-func (u *Uploader) upload(db string, txid ltx.TXID) error {
-	data, err := u.store.ReadLTX(db, txid, txid)
+// failed puts r back to be retried after a backoff. Called with mu held.
+func (u *Uploader) failed(st *shipState, r txRange, err error) {
+	u.stats.Failures++
+	st.err = err
+	st.fails++
+	backoff := min(time.Duration(1<<min(st.fails, 6))*100*time.Millisecond, maxBackoff)
+	backoff += time.Duration(rand.Int64N(int64(backoff / 2))) // jitter
+	st.retryAt = time.Now().Add(backoff)
+	if r.max > st.pos {
+		r.min = max(r.min, st.pos+1)
+		st.todo = append(st.todo, r)
+		slices.SortFunc(st.todo, func(a, b txRange) int { return cmpTXID(a.min, b.min) })
+	}
+	if st.fails == 1 || st.fails%20 == 0 {
+		u.log.Warn("upload failed; retrying", "db", st.name, "txid", r.max, "replica", u.replica.String(), "err", err, "attempt", st.fails)
+	}
+}
+
+// shipped records that r.min..hi is in the replica (hi < r.max when a merge
+// stopped early: the rest goes back to todo) and moves the position.
+// Called with mu held.
+func (u *Uploader) shipped(st *shipState, r txRange, hi ltx.TXID) {
+	u.stats.PUTs++
+	if hi > r.min {
+		u.stats.MergedPUTs++
+		u.stats.MergedCommits += uint64(hi - r.min + 1)
+	}
+	if st.fails > 0 {
+		u.log.Info("replica reachable again", "db", st.name, "replica", u.replica.String())
+	}
+	st.err, st.fails = nil, 0
+	if hi < r.max {
+		st.todo = append([]txRange{{hi + 1, r.max}}, st.todo...)
+	}
+	st.done[r.min] = max(st.done[r.min], hi)
+	before := st.pos
+	for moved := true; moved; {
+		moved = false
+		for lo, top := range st.done {
+			if lo <= st.pos+1 {
+				st.pos = max(st.pos, top)
+				delete(st.done, lo)
+				moved = true
+			}
+		}
+	}
+	if st.pos > before {
+		now := time.Now()
+		i := 0
+		for i < len(st.commits) && st.commits[i].txid <= st.pos {
+			i++
+		}
+		if i > 0 {
+			st.ackLag = now.Sub(st.commits[i-1].at)
+			st.commits = st.commits[i:]
+		}
+		st.todo = cutTodo(st.todo, st.pos)
+	}
+	if st.warnAt > backlogWarn && st.local-st.pos < backlogWarn/2 {
+		u.log.Info("replica caught up", "db", st.name, "replica", u.replica.String(), "txid", st.pos)
+		st.warnAt = 0
+	}
+}
+
+// upload puts one range: one stored commit as it is, several merged. An
+// object that is already there (a previous run uploaded it before a crash)
+// counts if it ends in the same state. It returns the last TXID put.
+func (u *Uploader) upload(db string, r txRange) (ltx.TXID, error) {
+	ctx, cancel := context.WithTimeout(u.ctx, 60*time.Second)
+	defer cancel()
+	var data []byte
+	var err error
+	hi := r.max
+	if r.min == r.max {
+		data, err = u.store.ReadLTX(db, r.min, r.max)
+	} else {
+		data, hi, err = mergeLocal(ctx, u.store, db, r.min, r.max)
+		if err != nil && ctx.Err() == nil {
+			// A merge that fails on local data would fail again: ship
+			// the first commit alone, so the replica still moves on.
+			u.log.Warn("cannot merge commits; shipping one alone", "db", db, "from", r.min, "to", r.max, "err", err)
+			data, err = u.store.ReadLTX(db, r.min, r.min)
+			hi = r.min
+		}
+	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var hdr ltx.Header
 	if err := hdr.UnmarshalBinary(data); err != nil {
-		return fmt.Errorf("local %s: %w", LTXPath(db, 0, txid, txid), err)
+		return 0, fmt.Errorf("local %s: %w", LTXPath(db, 0, r.min, hi), err)
 	}
-	ctx, cancel := context.WithTimeout(u.ctx, 60*time.Second)
-	defer cancel()
-	err = u.replica.PutLTX(ctx, db, 0, txid, txid, data, time.UnixMilli(hdr.Timestamp))
+	err = u.replica.PutLTX(ctx, db, 0, r.min, hi, data, time.UnixMilli(hdr.Timestamp))
 	if errors.Is(err, ErrExists) {
-		return u.sameFile(ctx, db, txid)
+		err = u.sameAs(ctx, db, txRange{r.min, hi}, postApply(data))
 	}
-	return err
+	return hi, err
 }
 
 // Pending returns, per database, how many TXIDs the replica does not have yet.
@@ -383,7 +504,7 @@ func (u *Uploader) Close(timeout time.Duration) map[string]int {
 
 func (u *Uploader) pendingLocked() bool {
 	for _, st := range u.dbs {
-		if st.local > st.pos && !st.starting {
+		if st.local > st.pos && !st.starting && !errors.Is(st.err, ErrDiverged) {
 			return true
 		}
 	}

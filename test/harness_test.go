@@ -391,12 +391,18 @@ func ltxList(t *testing.T, data, db string) []txRange {
 	if r.code != 0 {
 		t.Fatalf("sqlfs ltx -json -data %s -db %s: exit %d: %s", data, db, r.code, r.stderr)
 	}
+	return parseLTXJSON(t, r.stdout)
+}
+
+// parseLTXJSON reads the ranges of `sqlfs ltx -json` output.
+func parseLTXJSON(t *testing.T, stdout string) []txRange {
+	t.Helper()
 	var rows []struct {
 		Min json.RawMessage `json:"min_txid"`
 		Max json.RawMessage `json:"max_txid"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
-		t.Fatalf("sqlfs ltx -json: %v\n%s", err, r.stdout)
+	if err := json.Unmarshal([]byte(stdout), &rows); err != nil {
+		t.Fatalf("sqlfs ltx -json: %v\n%s", err, stdout)
 	}
 	out := make([]txRange, len(rows))
 	for i, row := range rows {

@@ -1,7 +1,6 @@
 package test
 
 import (
-	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -10,8 +9,19 @@ import (
 )
 
 // replicaTXIDs lists the TXIDs a replica URL holds for one database with
-// `sqlfs ltx -json URL -db NAME`; nil when it has none yet.
+// `sqlfs ltx -json URL -db NAME`, one per file (its max); nil when it has
+// none yet.
 func replicaTXIDs(t *testing.T, url, db string) []uint64 {
+	t.Helper()
+	var out []uint64
+	for _, r := range replicaRanges(t, url, db) {
+		out = append(out, r.Max)
+	}
+	return out
+}
+
+// replicaRanges lists the files a replica URL holds for one database.
+func replicaRanges(t *testing.T, url, db string) []txRange {
 	t.Helper()
 	res := runSqlfs(t, "ltx", "-json", "-db", db, url)
 	if res.code != 0 {
@@ -20,18 +30,7 @@ func replicaTXIDs(t *testing.T, url, db string) []uint64 {
 		}
 		t.Fatalf("sqlfs ltx %s: exit %d: %s", url, res.code, res.stderr)
 	}
-	var rows []struct {
-		Min json.RawMessage `json:"min_txid"`
-		Max json.RawMessage `json:"max_txid"`
-	}
-	if err := json.Unmarshal([]byte(res.stdout), &rows); err != nil {
-		t.Fatalf("sqlfs ltx -json: %v\n%s", err, res.stdout)
-	}
-	var out []uint64
-	for _, r := range rows {
-		out = append(out, parseJSONTXID(t, r.Max))
-	}
-	return out
+	return parseLTXJSON(t, res.stdout)
 }
 
 // waitReplica waits until the replica's history of db is exactly 1..want.

@@ -144,9 +144,7 @@ func TestReplicaS3(t *testing.T) {
 // TestReplicaS3SyncDown: with -sync-replica and the server down, a commit
 // fails after -sync-timeout instead of returning as if it were safe.
 func TestReplicaS3SyncDown(t *testing.T) {
-	s3 := startS3(t)
-	url := s3.url("sync")
-	data, mnt := newDirs(t)
+	s3, url, data, mnt := newS3Replica(t, "sync")
 	m := startMount(t, data, mnt, "-replica", url, "-sync-replica", "-sync-timeout", "2s")
 	db := openDB(t, m.Path("app.db"), "_journal_mode=WAL&_sync=FULL")
 	if _, err := db.Exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"); err != nil {

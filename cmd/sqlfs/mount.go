@@ -49,6 +49,10 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	atTXID := fset.String("at-txid", "", "mount read-only the database as of `TXID` (hex, as sqlfs ltx prints it); see histmount.go")
 	atTime := fset.String("at-time", "", "mount read-only the databases as of `TIME` (RFC 3339): the last commit at or before it")
 	dbName := fset.String("db", "", "with -at-txid or -at-time: the database `NAME` in the data dir or replica")
+	var shipOpt ship.Options
+	fset.IntVar(&shipOpt.MaxBacklog, "max-backlog", 1000, "merge the commits waiting for the replica into one LTX file once more than `N` wait (0: never)")
+	fset.DurationVar(&shipOpt.MaxLag, "max-lag", 0, "merge the commits waiting for the replica once the oldest has waited this long (0: never)")
+	fset.Float64Var(&shipOpt.MaxPutRate, "max-put-rate", 0, "at most `N` uploads a second; commits that wait for one go up merged (0: no limit)")
 	if err := parseFlags(fset, args, stdout); err != nil {
 		return err
 	}
@@ -114,7 +118,8 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	var rep *replication
 	if *replicaURL != "" {
-		if rep, err = startReplication(ctx, *replicaURL, store, *syncReplica, *syncTimeout, log); err != nil {
+		c := replicaConfig{url: *replicaURL, sync: *syncReplica, syncTimeout: *syncTimeout, opt: shipOpt}
+		if rep, err = startReplication(ctx, c, dd, store, log); err != nil {
 			return err
 		}
 		defer rep.stop(*shutdownTimeout, log)

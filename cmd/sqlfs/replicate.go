@@ -2,11 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/superfly/ltx"
@@ -19,12 +26,31 @@ type replication struct {
 	up          *ship.Uploader
 	sync        bool          // -sync-replica: fsync waits for the replica
 	syncTimeout time.Duration // how long an fsync waits before failing with EIO
+
+	log     *slog.Logger
+	mu      sync.Mutex
+	lease   *ship.Lease   // nil until taken
+	stopped chan struct{} // closed by stop
 }
 
-// startReplication opens the replica and starts the uploader; every commit
-// the store takes wakes it.
-func startReplication(ctx context.Context, url string, store *ship.Store, sync bool, syncTimeout time.Duration, log *slog.Logger) (*replication, error) {
-	replica, err := ship.OpenReplica(ctx, url)
+// replicaConfig is what -replica and the flags beside it say.
+type replicaConfig struct {
+	url         string
+	sync        bool
+	syncTimeout time.Duration
+	opt         ship.Options
+}
+
+// startReplication opens the replica, takes its lease and starts the
+// uploader; every commit the store takes wakes it. A replica held by another
+// live mount is refused. One that cannot be reached is an outage: the lease
+// is taken in the background and nothing ships until it is.
+func startReplication(ctx context.Context, c replicaConfig, dd dataDir, store *ship.Store, log *slog.Logger) (*replication, error) {
+	replica, err := ship.OpenReplica(ctx, c.url)
+	if err != nil {
+		return nil, err
+	}
+	me, err := leaseHolder(dd)
 	if err != nil {
 		return nil, err
 	}
@@ -35,16 +61,115 @@ func startReplication(ctx context.Context, url string, store *ship.Store, sync b
 	_, err = replica.Databases(lctx)
 	cancel()
 	var netErr *net.OpError
-	switch {
-	case err == nil:
-	case errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded):
-		log.Warn("replica unreachable; commits wait in the data dir until it is back", "replica", replica.String(), "err", err)
-	default:
+	unreachable := errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded)
+	if err != nil && !unreachable {
 		return nil, fmt.Errorf("replica %s: %w", replica, err)
 	}
-	up := ship.NewUploader(store, replica, log)
-	store.OnAppend = up.Notify
-	return &replication{up: up, sync: sync, syncTimeout: syncTimeout}, nil
+	r := &replication{sync: c.sync, syncTimeout: c.syncTimeout, log: log, stopped: make(chan struct{})}
+	r.up = ship.NewUploader(store, replica, log, c.opt)
+	if !unreachable {
+		lease, err := ship.AcquireLease(ctx, replica, me, log)
+		if err != nil {
+			r.up.Close(0)
+			return nil, err
+		}
+		r.held(lease)
+	} else {
+		log.Warn("replica unreachable; commits wait in the data dir until it is back", "replica", replica.String(), "err", err)
+		r.up.Pause()
+		go r.leaseLater(replica, me, log)
+	}
+	store.OnAppend = r.up.Notify
+	return r, nil
+}
+
+// leaseLater takes the lease of a replica that was unreachable at mount,
+// retrying until it answers, and then lets the uploader ship. A replica
+// another mount holds by then is never shipped to.
+func (r *replication) leaseLater(c ship.ReplicaClient, me ship.LeaseHolder, log *slog.Logger) {
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		lease, err := ship.AcquireLease(ctx, c, me, log)
+		cancel()
+		var le *ship.LeaseError
+		switch {
+		case err == nil:
+			r.held(lease)
+			r.up.Resume()
+			return
+		case errors.As(err, &le):
+			log.Error("not shipping to the replica", "err", err)
+			return
+		}
+		select {
+		case <-r.stopped:
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// held records the lease for stop to release, and stops shipping if another
+// mount takes it over. A lease taken after stop is released at once.
+func (r *replication) held(lease *ship.Lease) {
+	r.mu.Lock()
+	r.lease = lease
+	r.mu.Unlock()
+	go func() {
+		select {
+		case <-lease.Lost():
+			r.up.Pause()
+		case <-r.stopped:
+		}
+	}()
+	select {
+	case <-r.stopped:
+		r.releaseLease()
+	default:
+	}
+}
+
+// leaseHolder describes this mount for the replica lease. The owner ID is
+// kept in the data dir (created at its first replicated mount), so the same
+// data dir mounted again after a crash is the same owner.
+func leaseHolder(dd dataDir) (ship.LeaseHolder, error) {
+	path := filepath.Join(dd.path, "owner-id")
+	id, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		b := make([]byte, 16)
+		rand.Read(b)
+		id = []byte(hex.EncodeToString(b))
+		if err := writeFileDurable(path, append(id, '\n')); err != nil {
+			return ship.LeaseHolder{}, fmt.Errorf("data dir %s: %v", dd.path, err)
+		}
+	} else if err != nil {
+		return ship.LeaseHolder{}, fmt.Errorf("data dir %s: %v", dd.path, err)
+	}
+	host, _ := os.Hostname()
+	return ship.LeaseHolder{Owner: strings.TrimSpace(string(id)), Host: host, PID: os.Getpid(), DataDir: dd.path}, nil
+}
+
+// writeFileDurable writes a file through a temp file, fsync and rename.
+func writeFileDurable(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
 }
 
 // waitReplica blocks, in sync mode, until the replica has every commit of
@@ -61,16 +186,35 @@ func (r *replication) waitReplica(db string) error {
 	return nil
 }
 
-// stop waits (bounded) for pending uploads and says what is left for the
-// next mount.
+// stop waits (bounded) for pending uploads, says what is left for the next
+// mount, and releases the replica lease.
 func (r *replication) stop(timeout time.Duration, log *slog.Logger) {
 	if r == nil {
 		return
 	}
-	if pending := r.up.Close(timeout); len(pending) > 0 {
-		for db, n := range pending {
-			log.Warn("replica not up to date at unmount; these commits ship at the next mount", "db", db, "pending", n)
-		}
+	for db, n := range r.up.Close(timeout) {
+		log.Warn("replica not up to date at unmount; these commits ship at the next mount", "db", db, "pending", n)
+	}
+	st := r.up.Stats()
+	log.Info("replication stopped", "puts", st.PUTs, "merged_puts", st.MergedPUTs,
+		"merged_commits", st.MergedCommits, "failed_uploads", st.Failures)
+	close(r.stopped)
+	r.releaseLease()
+}
+
+// releaseLease removes the replica lease, if this mount holds it.
+func (r *replication) releaseLease() {
+	r.mu.Lock()
+	lease := r.lease
+	r.lease = nil
+	r.mu.Unlock()
+	if lease == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := lease.Release(ctx); err != nil {
+		r.log.Warn("releasing the replica lease; another mount can take it once it is stale", "err", err, "after", ship.LeaseTTL)
 	}
 }
 

@@ -50,6 +50,7 @@ var workloads = map[string]workload{
 	"wal-reads":          {"wal", "NORMAL", runReads},
 	"delete-reads":       {"delete", "FULL", runReads},
 	"bulk":               {"wal", "NORMAL", runBulk},
+	"lag":                {"wal", "NORMAL", nil}, // runLag, with -rate and -watch
 }
 
 // result is the one line benchdriver prints.
@@ -61,6 +62,11 @@ type result struct {
 	JournalMode string  `json:"journal_mode"`
 	Synchronous string  `json:"synchronous"`
 	SQLite      string  `json:"sqlite"`
+	// The lag workload only: commit to visible in the replica.
+	LagP50ms float64 `json:"lag_p50_ms,omitempty"`
+	LagP99ms float64 `json:"lag_p99_ms,omitempty"`
+	LagMaxms float64 `json:"lag_max_ms,omitempty"`
+	Early    int     `json:"visible_before_commit_returned,omitempty"`
 }
 
 func main() {
@@ -74,6 +80,8 @@ func run() error {
 	db := flag.String("db", "", "database `path` (recreated)")
 	name := flag.String("workload", "", "workload: "+workloadNames())
 	duration := flag.Duration("duration", 3*time.Second, "how long timed workloads run (not bulk)")
+	rate := flag.Int("rate", 100, "lag: commits per second")
+	watch := flag.String("watch", "", "lag: the `DIR` where the replica's level-0 objects of this database appear")
 	flag.Parse()
 	w, ok := workloads[*name]
 	switch {
@@ -85,6 +93,8 @@ func run() error {
 		return errors.New("-duration must be positive")
 	case flag.NArg() > 0:
 		return fmt.Errorf("unexpected argument %q", flag.Arg(0))
+	case *name == "lag" && (*watch == "" || *rate <= 0):
+		return errors.New("-workload lag needs -watch DIR and a positive -rate")
 	}
 	ctx := context.Background()
 
@@ -107,7 +117,14 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", *db, err)
 	}
-	ops, took, err := w.run(ctx, c, *duration)
+	var ops int
+	var took time.Duration
+	lag := &lagResult{}
+	if *name == "lag" {
+		ops, took, lag, err = runLag(ctx, c, *duration, *rate, *watch)
+	} else {
+		ops, took, err = w.run(ctx, c, *duration)
+	}
 	secs := took.Seconds()
 	if err != nil {
 		return fmt.Errorf("%s on %s: %w", *name, *db, err)
@@ -126,6 +143,10 @@ func run() error {
 		JournalMode: w.journalMode,
 		Synchronous: w.synchronous,
 		SQLite:      version,
+		LagP50ms:    lag.P50ms,
+		LagP99ms:    lag.P99ms,
+		LagMaxms:    lag.Maxms,
+		Early:       lag.Early,
 	})
 }
 
@@ -254,7 +275,7 @@ func removeDB(path string) error {
 }
 
 func workloadNames() string {
-	return "wal-normal-writes, wal-full-writes, delete-full-writes, wal-reads, delete-reads, bulk"
+	return "wal-normal-writes, wal-full-writes, delete-full-writes, wal-reads, delete-reads, bulk, lag"
 }
 
 func round(x float64, digits int) float64 {

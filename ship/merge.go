@@ -1,0 +1,65 @@
+package ship
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/superfly/ltx"
+)
+
+// Merging is how the uploader catches up: when a database's backlog passes a
+// bound, or the PUT rate would pass its cap, the commits waiting for the
+// replica go up as one level-0 LTX file covering min..max instead of one file
+// each. The merged file holds the newest version of every page any of them
+// wrote, the pre-apply checksum of the first and the post-apply checksum of
+// the last, so the checksum chain of the replica stays whole; the TXIDs
+// strictly inside the range are no longer restorable from the replica (they
+// still are from the local store).
+
+// Limits of one merged file: a backlog larger than this goes up as several.
+const (
+	mergeMaxFiles = 20000
+	mergeMaxBytes = 64 << 20
+)
+
+// mergeLocal reads the stored commits minTXID..maxTXID of db, stopping early
+// once mergeMaxBytes are read, and merges them into one LTX file. It returns
+// the file and the last TXID it covers (maxTXID unless it stopped early).
+func mergeLocal(ctx context.Context, store *Store, db string, minTXID, maxTXID ltx.TXID) ([]byte, ltx.TXID, error) {
+	var inputs []io.Reader
+	total := 0
+	hi := minTXID - 1
+	for txid := minTXID; txid <= maxTXID && total < mergeMaxBytes; txid++ {
+		if err := ctx.Err(); err != nil {
+			return nil, 0, err
+		}
+		data, err := store.ReadLTX(db, txid, txid)
+		if err != nil {
+			return nil, 0, err
+		}
+		inputs = append(inputs, bytes.NewReader(data))
+		total += len(data)
+		hi = txid
+	}
+	out, err := mergeLTX(ctx, inputs)
+	if err != nil {
+		return nil, 0, fmt.Errorf("merge %s: %w", LTXPath(db, 0, minTXID, hi), err)
+	}
+	return out, hi, nil
+}
+
+// mergeLTX merges consecutive LTX files, oldest first, into one.
+func mergeLTX(ctx context.Context, inputs []io.Reader) ([]byte, error) {
+	var buf bytes.Buffer
+	c, err := ltx.NewCompactor(&buf, inputs)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Cleanup()
+	if err := c.Compact(ctx); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}

@@ -1,0 +1,218 @@
+package ship
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/superfly/ltx"
+)
+
+// TestUploaderMergesPastBacklog: commits that piled up past MaxBacklog while
+// nothing shipped go up as one file whose pages are the newest and whose
+// checksums chain; a later start resumes after it, and new commits go up
+// one file each again.
+func TestUploaderMergesPastBacklog(t *testing.T) {
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	store := OpenStore(t.TempDir(), log)
+	defer store.Close()
+	replica := NewFileReplica(t.TempDir())
+	u := NewUploader(store, replica, log, Options{MaxBacklog: 5})
+	if err := u.Start(ctx, "app.db", 0); err != nil {
+		t.Fatal(err)
+	}
+	store.OnAppend = u.Notify
+	u.Pause()
+	for txid := ltx.TXID(1); txid <= 30; txid++ {
+		appendTX(t, store, txid, false)
+	}
+	u.Resume()
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := u.WaitFor(wctx, "app.db", 30); err != nil {
+		t.Fatal(err)
+	}
+	infos, err := replica.LTXFiles(ctx, "app.db", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(infos) != 1 || infos[0].MinTXID != 1 || infos[0].MaxTXID != 30 {
+		t.Fatalf("replica holds %v, want one merged file 1-30", rangesOf(infos))
+	}
+	rc, err := replica.OpenLTX(ctx, "app.db", 0, 1, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(rc)
+	rc.Close()
+	dec := ltx.NewDecoder(strings.NewReader(string(data)))
+	if err := dec.DecodeHeader(); err != nil {
+		t.Fatal(err)
+	}
+	var ph ltx.PageHeader
+	page := make([]byte, 512)
+	if err := dec.DecodePage(&ph, page); err != nil || ph.Pgno != 1 || page[0] != 30 {
+		t.Fatalf("merged page 1: %v, pgno %d, byte %d; want txid 30's page", err, ph.Pgno, page[0])
+	}
+	last, _ := store.ReadLTX("app.db", 30, 30)
+	if postApply(data) != postApply(last) {
+		t.Fatal("merged file does not end in txid 30's state")
+	}
+	st := u.Stats()
+	if st.PUTs != 1 || st.MergedPUTs != 1 || st.MergedCommits != 30 {
+		t.Fatalf("stats %+v, want one merged PUT of 30 commits", st)
+	}
+	if d := st.DBs["app.db"]; d.ReplicaTXID != 30 || d.Backlog != 0 || d.Lag != 0 {
+		t.Fatalf("db stats %+v, want caught up at 30", d)
+	}
+	u.Close(time.Second)
+
+	// A new uploader resumes after the merged file.
+	u = NewUploader(store, replica, log, Options{MaxBacklog: 5})
+	defer u.Close(time.Second)
+	if err := u.Start(ctx, "app.db", 30); err != nil {
+		t.Fatal(err)
+	}
+	if u.Pos("app.db") != 30 {
+		t.Fatalf("resumed at %s, want 30", u.Pos("app.db"))
+	}
+	store.OnAppend = u.Notify
+	appendTX(t, store, 31, false)
+	if err := u.WaitFor(wctx, "app.db", 31); err != nil {
+		t.Fatal(err)
+	}
+	infos, _ = replica.LTXFiles(ctx, "app.db", 0)
+	if got := rangesOf(infos); got != "1-30 31-31" {
+		t.Fatalf("replica holds %s, want 1-30 31-31", got)
+	}
+}
+
+func rangesOf(infos []*ltx.FileInfo) string {
+	var out []string
+	for _, fi := range infos {
+		out = append(out, fmt.Sprintf("%d-%d", fi.MinTXID, fi.MaxTXID))
+	}
+	return strings.Join(out, " ")
+}
+
+// TestTokenBucket: one PUT at once, then one per 1/rate.
+func TestTokenBucket(t *testing.T) {
+	now := time.Unix(1000, 0)
+	b := tokenBucket{rate: 10, tokens: 1}
+	if at := b.take(now); !at.IsZero() {
+		t.Fatalf("first take waits until %v", at)
+	}
+	at := b.take(now)
+	if want := now.Add(100 * time.Millisecond); !at.Equal(want) {
+		t.Fatalf("second take at once: wait until %v, want %v", at, want)
+	}
+	if at := b.take(now.Add(100 * time.Millisecond)); !at.IsZero() {
+		t.Fatalf("take after 100 ms waits until %v", at)
+	}
+	if at := (&tokenBucket{}).take(now); !at.IsZero() {
+		t.Fatal("a zero rate limits")
+	}
+}
+
+func TestLeaseFile(t *testing.T) { testLease(t, NewFileReplica(t.TempDir())) }
+
+func TestLeaseS3(t *testing.T) {
+	endpoint, bucket := startS3(t)
+	r, err := OpenReplica(context.Background(), s3URL(endpoint, bucket, "leased"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testLease(t, r)
+}
+
+// testLease: a replica's lease refuses another live owner with a message
+// naming the holder, is taken back by its own owner and taken over once
+// stale, and is gone after Release. Databases ignores it.
+func testLease(t *testing.T, r ReplicaClient) {
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a := LeaseHolder{Owner: "a", Host: "hosta", PID: 1, DataDir: "/data/a"}
+	b := LeaseHolder{Owner: "b", Host: "hostb", PID: 2, DataDir: "/data/b"}
+	la, err := AcquireLease(ctx, r, a, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = AcquireLease(ctx, r, b, log)
+	var le *LeaseError
+	if !errors.As(err, &le) || !strings.Contains(err.Error(), "is in use by sqlfs on hosta (pid 1, data dir /data/a) since ") {
+		t.Fatalf("second owner: %v", err)
+	}
+	if dbs, err := r.Databases(ctx); err != nil || len(dbs) != 0 {
+		t.Fatalf("Databases with only a lease: %v, %v", dbs, err)
+	}
+	// The same owner (a restart after kill -9) takes it back.
+	la2, err := AcquireLease(ctx, r, a, log)
+	if err != nil {
+		t.Fatalf("same owner: %v", err)
+	}
+	// A lease whose heartbeat is older than LeaseTTL is taken over.
+	data, tag, err := r.ReadLease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h LeaseHolder
+	json.Unmarshal(data, &h)
+	h.Heartbeat = time.Now().Add(-LeaseTTL - time.Second)
+	stale, _ := json.Marshal(h)
+	if _, err := r.WriteLease(ctx, stale, tag); err != nil {
+		t.Fatal(err)
+	}
+	lb, err := AcquireLease(ctx, r, b, log)
+	if err != nil {
+		t.Fatalf("stale lease: %v", err)
+	}
+	// Releasing a lease someone else holds leaves theirs alone.
+	if err := la.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := la2.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if data, _, err := r.ReadLease(ctx); err != nil || !strings.Contains(string(data), `"owner":"b"`) {
+		t.Fatalf("b's lease after a's release: %s, %v", data, err)
+	}
+	if err := lb.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.ReadLease(ctx); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("lease still there after release: %v", err)
+	}
+}
+
+// TestUploaderPutRateShipsTheLast: under -max-put-rate a commit that finds
+// no PUT allowed ships once one is, even with nothing after it.
+func TestUploaderPutRateShipsTheLast(t *testing.T) {
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	store := OpenStore(t.TempDir(), log)
+	defer store.Close()
+	replica := NewFileReplica(t.TempDir())
+	u := NewUploader(store, replica, log, Options{MaxPutRate: 5})
+	defer u.Close(time.Second)
+	if err := u.Start(ctx, "app.db", 0); err != nil {
+		t.Fatal(err)
+	}
+	store.OnAppend = u.Notify
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	appendTX(t, store, 1, false)
+	if err := u.WaitFor(wctx, "app.db", 1); err != nil {
+		t.Fatal(err)
+	}
+	appendTX(t, store, 2, false) // within 200 ms of the first PUT
+	if err := u.WaitFor(wctx, "app.db", 2); err != nil {
+		t.Fatal(err)
+	}
+}
