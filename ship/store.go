@@ -429,6 +429,12 @@ func (s *Store) trim(force bool) {
 		if len(l.queue) != 0 {
 			continue // appended meanwhile: next time
 		}
+		// Readers must see an empty log, not the records now in files
+		// (which retention may remove later): break the first record's magic.
+		if _, err := unix.Pwrite(l.fd, zero8[:len(recordMagic)], 0); err != nil {
+			s.log.Error("emptying capture log", "path", l.path, "err", err)
+			continue
+		}
 		l.size, l.dirty = 0, false
 	}
 }

@@ -102,6 +102,29 @@ func TestStoreSeesLoggedCommitsAtOnce(t *testing.T) {
 	wantTXIDs(t, listTXIDs(t, dir), 50)
 }
 
+// TestStoreEmptiedLogShowsNothing: once a log is emptied, its old records,
+// still in the file, are not history any more: a file removed later (by
+// retention) must not come back through the log.
+func TestStoreEmptiedLogShowsNothing(t *testing.T) {
+	dir := t.TempDir()
+	s := OpenStore(dir, slog.Default())
+	for txid := ltx.TXID(1); txid <= 5; txid++ {
+		appendTX(t, s, txid, false)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fr := NewFileReplica(dir)
+	for txid := ltx.TXID(1); txid <= 4; txid++ {
+		if err := fr.DeleteLTX(context.Background(), "app.db", 0, txid, txid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := listTXIDs(t, dir); len(got) != 1 || got[0] != 5 {
+		t.Fatalf("after removing files 1-4 the store lists %v, want only 5", got)
+	}
+}
+
 func TestStoreRecoverWritesOutTheLog(t *testing.T) {
 	dir := t.TempDir()
 	s := OpenStore(dir, slog.Default())
