@@ -72,6 +72,9 @@ func batchPages(pageSize uint32) int { return max(1, maxRun/int(pageSize)) }
 // b.write selects, in runs of consecutive page numbers.
 func (d *batchDecoder) decode(b *batch) {
 	defer func() {
+		// The blocks pin download buffers: let them go as soon as the
+		// batch is done, not when the file is.
+		b.blocks, b.write = nil, nil
 		if b.err != nil {
 			d.failed.Store(true)
 		}
