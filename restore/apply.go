@@ -50,7 +50,23 @@ func apply(ctx context.Context, r ship.Replica, db string, plan []*ltx.FileInfo,
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		f, err := openLTX(db, fi, fetch)
+		blocks, err := blockFormat(fetch)
+		if err != nil {
+			return nil, cmp.Or(fetch.failure(), err)
+		}
+		var (
+			f   *ltxFile
+			r   *chunkReader // for a block-format file
+			crc uint64       // its file checksum so far
+		)
+		if blocks {
+			f, r = &ltxFile{path: ship.LTXPath(db, fi.Level, fi.MinTXID, fi.MaxTXID)}, &chunkReader{src: fetch}
+			if crc, err = f.decodeHeader(r); err == nil {
+				err = f.checkTXIDs(fi)
+			}
+		} else {
+			f, err = openLTX(db, fi, fetch)
+		}
 		if err != nil {
 			return nil, cmp.Or(fetch.failure(), err)
 		}
@@ -62,7 +78,12 @@ func apply(ctx context.Context, r ship.Replica, db string, plan []*ltx.FileInfo,
 		} else if f.hdr.PageSize != pw.pageSize {
 			break
 		}
-		if err := f.applyTo(ctx, pw); err != nil {
+		if blocks {
+			err = f.applyBlocks(ctx, r, crc, pw)
+		} else {
+			err = f.applyTo(ctx, pw)
+		}
+		if err != nil {
 			return nil, cmp.Or(fetch.failure(), err)
 		}
 		fetch.next()
@@ -108,10 +129,15 @@ func openLTX(db string, fi *ltx.FileInfo, rd io.Reader) (*ltxFile, error) {
 		return nil, f.corrupt(fmt.Errorf("header: %w", err))
 	}
 	f.hdr = f.dec.Header()
+	return f, f.checkTXIDs(fi)
+}
+
+// checkTXIDs checks that the header is the file's the listing named.
+func (f *ltxFile) checkTXIDs(fi *ltx.FileInfo) error {
 	if f.hdr.MinTXID != fi.MinTXID || f.hdr.MaxTXID != fi.MaxTXID {
-		return nil, f.corrupt(fmt.Errorf("header holds txids %s through %s", f.hdr.MinTXID, f.hdr.MaxTXID))
+		return f.corrupt(fmt.Errorf("header holds txids %s through %s", f.hdr.MinTXID, f.hdr.MaxTXID))
 	}
-	return f, nil
+	return nil
 }
 
 // applyTo decodes every page of the file, hands each to pw, and verifies the
@@ -151,10 +177,11 @@ func (f *ltxFile) corrupt(err error) error {
 const maxRun = 1 << 20
 
 // pageWriter places pages in the output file, records which pages it has
-// written, and folds each into the database checksum. Pages that arrive in
-// order (as they do within one file) are gathered into runs; a second
-// goroutine checksums and writes each run while the decoder fills the next,
-// so decoding and writing use two cores.
+// written, and folds each into the database checksum. Pages of block-format
+// files are claimed here and written by batchDecoder's workers, which hand
+// back their checksums; pages ltx.Decoder decodes arrive in order and are
+// gathered into runs, and a second goroutine checksums and writes each run
+// while the decoder fills the next.
 type pageWriter struct {
 	out       *os.File
 	pageSize  uint32
@@ -172,6 +199,9 @@ type pageWriter struct {
 	done chan struct{}
 	sum  ltx.Checksum // of the pages written; the writer's until done is closed
 	err  error        // the writer's first error; valid once done is closed
+
+	batches *batchDecoder // for block-format files, made on first use
+	xor     uint64        // XOR of the page checksums the batches wrote
 }
 
 // pageRun is a run of contiguous pages starting at pgno.
@@ -230,10 +260,33 @@ func (w *pageWriter) has(pgno uint32) bool {
 // setCommit lowers the limit to the Commit of the next (older) file.
 func (w *pageWriter) setCommit(commit uint32) { w.limit = min(w.limit, commit) }
 
-// put writes page pgno unless a newer file wrote it or a truncation since
-// the current file removed it.
-func (w *pageWriter) put(pgno uint32, data []byte) error {
+// claim reports whether page pgno of the current file goes into the
+// output, and records it as written if so: not if a newer file wrote it or a
+// truncation since the current file removed it.
+func (w *pageWriter) claim(pgno uint32) bool {
 	if pgno == 0 || pgno > w.limit || pgno == w.lockPgno || w.has(pgno) {
+		return false
+	}
+	w.written[(pgno-1)/64] |= 1 << ((pgno - 1) % 64)
+	return true
+}
+
+// batchDecoder returns the decoder of block-format files, which writes to
+// the output directly.
+func (w *pageWriter) batchDecoder() *batchDecoder {
+	if w.batches == nil {
+		w.batches = newBatchDecoder(w.pageSize, w.out)
+	}
+	return w.batches
+}
+
+// addSum folds the checksums of pages a batch wrote into the database
+// checksum.
+func (w *pageWriter) addSum(xor uint64) { w.xor ^= xor }
+
+// put writes page pgno unless claim refuses it.
+func (w *pageWriter) put(pgno uint32, data []byte) error {
+	if !w.claim(pgno) {
 		return nil
 	}
 	next := w.runStart + uint32(len(w.run))/w.pageSize
@@ -244,7 +297,6 @@ func (w *pageWriter) put(pgno uint32, data []byte) error {
 		w.runStart = pgno
 	}
 	w.run = append(w.run, data...)
-	w.written[(pgno-1)/64] |= 1 << ((pgno - 1) % 64)
 	return nil
 }
 
@@ -283,6 +335,7 @@ func (w *pageWriter) finish() (ltx.Checksum, error) {
 	if err := w.close(); err != nil {
 		return 0, err
 	}
+	w.sum = ltx.ChecksumFlag | (w.sum ^ ltx.Checksum(w.xor))
 	var zeros *zeroPageSums
 	for i, word := range w.written {
 		if word == ^uint64(0) {

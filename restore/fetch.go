@@ -141,39 +141,63 @@ func fetchChunk(ctx context.Context, r ship.Replica, db string, fi *ltx.FileInfo
 // Read reads the bytes of the current file; it returns io.EOF at its end.
 // next moves to the following file.
 func (f *fetcher) Read(p []byte) (int, error) {
+	if err := f.load(); err != nil {
+		return 0, err
+	}
+	n := copy(p, f.cur.buf[f.pos:])
+	f.pos += n
+	return n, nil
+}
+
+// take returns the unread bytes of the current file's current chunk
+// without copying them and consumes them; io.EOF at the file's end. The
+// slice is the caller's: the fetcher never reuses a chunk's buffer.
+func (f *fetcher) take() ([]byte, error) {
+	if err := f.load(); err != nil {
+		return nil, err
+	}
+	b := f.cur.buf[f.pos:]
+	f.pos = len(f.cur.buf)
+	return b, nil
+}
+
+// unread gives back the last n bytes take returned, so the next Read or
+// take returns them again. They must come from the chunk take last returned.
+func (f *fetcher) unread(n int) { f.pos -= n }
+
+// load makes f.cur a chunk of the current file with unread bytes, waiting
+// for its download; io.EOF at the file's end.
+func (f *fetcher) load() error {
 	for {
 		if c := f.cur; c != nil && c.file == f.file {
 			if f.pos < len(c.buf) {
-				break
+				return nil
 			}
 			if c.last {
-				return 0, io.EOF
+				return io.EOF
 			}
 		}
 		c, ok := <-f.queue
 		if !ok {
 			if err := f.ctx.Err(); err != nil {
-				return 0, err
+				return err
 			}
-			return 0, io.ErrUnexpectedEOF
+			return io.ErrUnexpectedEOF
 		}
 		select {
 		case <-c.done:
 		case <-f.ctx.Done():
-			return 0, f.ctx.Err()
+			return f.ctx.Err()
 		}
 		if c.file < f.file {
 			continue // the rest of a file the reader moved past
 		}
 		if c.err != nil {
 			f.err = c.err
-			return 0, c.err
+			return c.err
 		}
 		f.cur, f.pos = c, 0
 	}
-	n := copy(p, f.cur.buf[f.pos:])
-	f.pos += n
-	return n, nil
 }
 
 // failure is the download error Read returned, if any: a decoder that

@@ -91,6 +91,7 @@ time_one() {
 }
 cp_sync() { cp "$1" "$2" && sync "$2"; }
 
+load_start=$(cut -d' ' -f1 /proc/loadavg)
 declare -A res
 names=(cp cp+fsync restore-s3 restore-file)
 for ((r = 0; r <= rounds; r++)); do # round 0 warms the caches and is not counted
@@ -117,7 +118,7 @@ rev=$(git -C "$SQLFS_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 cp_med=$(median <<<"${res[cp]}")
 echo
 echo "sqlfs restore benchmark, $(date -u +%Y-%m-%dT%H:%MZ), commit $rev"
-echo "machine: $(nproc) cores, ${cpu:-unknown CPU}, Linux $(uname -r), $(df -PT "$base" | awk 'NR == 2 { print $2 }') under $parent; load average $(cut -d' ' -f1 /proc/loadavg) at end"
+echo "machine: $(nproc) cores, ${cpu:-unknown CPU}, Linux $(uname -r), $(df -PT "$base" | awk 'NR == 2 { print $2 }') under $parent; load average $load_start at start, $(cut -d' ' -f1 /proc/loadavg) at end"
 echo "database: $bytes bytes ($rows rows of 1000 random bytes), history: one $ltx_bytes-byte snapshot LTX; -parallelism $parallelism"
 echo "medians of $rounds rounds, warm page cache; ratio: time / time of cp"
 echo
