@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/pierrec/lz4/v4"
-	"github.com/sqlfs/sqlfs/crc64iso"
+	"github.com/sqlfs/sqlfs/pager/crc64iso"
 	"github.com/superfly/ltx"
 )
 
