@@ -4,12 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash"
-	"hash/crc64"
 	"io"
 
 	"github.com/pierrec/lz4/v4"
 	"github.com/superfly/ltx"
+
+	"github.com/sqlfs/sqlfs/pager/crc64iso"
 )
 
 // ltxWriter encodes LTX files byte for byte as ltx.Encoder does (format v3:
@@ -20,7 +20,7 @@ import (
 // back with ltx.Decoder.
 type ltxWriter struct {
 	w     io.Writer
-	hash  hash.Hash64
+	crc   uint64 // CRC-64 ISO of the file so far
 	n     int64
 	hdr   ltx.Header
 	prev  uint32
@@ -44,11 +44,8 @@ func (e *ltxWriter) begin(w io.Writer, h ltx.Header) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
-	if e.hash == nil {
-		e.hash = crc64.New(crc64ISO)
-	}
 	e.w, e.hdr, e.n, e.prev, e.index = w, h, 0, 0, e.index[:0]
-	e.hash.Reset()
+	e.crc = 0
 	if need := lz4.CompressBlockBound(int(h.PageSize)); len(e.cbuf) < need {
 		e.cbuf = make([]byte, need)
 	}
@@ -82,7 +79,7 @@ func (e *ltxWriter) page(pgno uint32, data []byte) error {
 	if _, err := e.w.Write(e.cbuf[:n]); err != nil {
 		return e.failf("write page %d: %v", pgno, err)
 	}
-	e.hash.Write(data) // the checksum covers the uncompressed page
+	e.crc = crc64iso.Update(e.crc, data) // the checksum covers the uncompressed page
 	e.n += int64(n)
 	e.prev = pgno
 	e.index = append(e.index, indexEntry{pgno, offset, e.n - offset})
@@ -121,8 +118,8 @@ func (e *ltxWriter) finish(post ltx.Checksum) error {
 	}
 	tr := ltx.Trailer{PostApplyChecksum: post}
 	tb, _ := tr.MarshalBinary()
-	e.hash.Write(tb[:ltx.TrailerChecksumOffset])
-	tr.FileChecksum = ltx.ChecksumFlag | ltx.Checksum(e.hash.Sum64())
+	e.crc = crc64iso.Update(e.crc, tb[:ltx.TrailerChecksumOffset])
+	tr.FileChecksum = ltx.ChecksumFlag | ltx.Checksum(e.crc)
 	if err := tr.Validate(e.hdr); err != nil {
 		return e.failf("trailer: %v", err)
 	}
@@ -139,7 +136,7 @@ func (e *ltxWriter) write(b []byte) error {
 	if _, err := e.w.Write(b); err != nil {
 		return e.failf("write: %v", err)
 	}
-	e.hash.Write(b)
+	e.crc = crc64iso.Update(e.crc, b)
 	e.n += int64(len(b))
 	return nil
 }
