@@ -200,13 +200,16 @@ func TestReplicaMergeBacklog(t *testing.T) {
 	for i := range 5 {
 		cli.exec(t, fmt.Sprintf("INSERT INTO t(v) VALUES('before %d');", i))
 	}
+	settle(t, cli)
 	before := lastTXID(t, data, "app.db")
-	waitReplica(t, url, "app.db", before)
+	// The setup's burst may itself go up merged: -max-backlog is 5.
+	waitReplicaReach(t, url, "app.db", before, 30*time.Second)
 	s3.stop()
 	for i := range 40 {
 		cli.exec(t, fmt.Sprintf("INSERT INTO t(v) VALUES('outage %d');", i))
 	}
 	s3.start()
+	settle(t, cli)
 	want := lastTXID(t, data, "app.db")
 	files := waitReplicaReach(t, url, "app.db", want, 60*time.Second)
 	var merged *txRange
