@@ -49,7 +49,7 @@ func TestPlan(t *testing.T) {
 		{name: "merged files", files: files([2]ltx.TXID{1, 1}, [2]ltx.TXID{2, 2}, [2]ltx.TXID{2, 4}, [2]ltx.TXID{3, 3}, [2]ltx.TXID{5, 5}), want: [][2]ltx.TXID{{1, 1}, {2, 4}, {5, 5}}},
 		{name: "merged past target", files: files([2]ltx.TXID{1, 1}, [2]ltx.TXID{2, 2}, [2]ltx.TXID{2, 4}, [2]ltx.TXID{3, 3}), target: 3, want: [][2]ltx.TXID{{1, 1}, {2, 2}, {3, 3}}},
 		{name: "inside merged", files: files([2]ltx.TXID{1, 1}, [2]ltx.TXID{2, 4}), target: 3, err: ErrTXIDNotFound,
-			msg: "txid 0000000000000003 not found: x.db/0000/0000000000000002-0000000000000004.ltx merges txids 0000000000000002 through 0000000000000004 into one state"},
+			msg: "txid 0000000000000003 not found: x.db/0000/0000000000000002-0000000000000004.ltx merges txids 0000000000000002 through 0000000000000004 into one state; the nearest restorable txids are 0000000000000001 and 0000000000000004"},
 		{name: "no history", err: ErrNoHistory, msg: "no history for x.db"},
 		{name: "past the end", files: files([2]ltx.TXID{1, 1}, [2]ltx.TXID{2, 0x42}), target: 0x99, err: ErrTXIDNotFound,
 			msg: "txid 0000000000000099 not found: history of x.db ends at 0000000000000042"},

@@ -94,7 +94,12 @@ func (u *Uploader) Start(ctx context.Context, db string, localLast ltx.TXID) err
 			present[f.MaxTXID] = true
 		}
 	}
-	pos := ltx.TXID(0)
+	// Retention removes level-0 files the levels above have merged: the
+	// position starts where those reach.
+	pos, err := CompactedPos(ctx, u.replica, db)
+	if err != nil {
+		return fmt.Errorf("replica %s: list %s: %w", u.replica, db, err)
+	}
 	for present[pos+1] {
 		pos++
 	}
@@ -104,7 +109,7 @@ func (u *Uploader) Start(ctx context.Context, db string, localLast ltx.TXID) err
 		return fmt.Errorf("%w: replica %s has %s up to txid %s, local history ends at %s",
 			ErrDiverged, u.replica, db, pos, localLast)
 	}
-	if pos > 0 {
+	if pos > 0 && present[pos] {
 		if err := u.sameFile(ctx, db, pos); err != nil {
 			return err
 		}
@@ -131,7 +136,9 @@ func (u *Uploader) Start(ctx context.Context, db string, localLast ltx.TXID) err
 // post-apply checksum as the local one.
 func (u *Uploader) sameFile(ctx context.Context, db string, txid ltx.TXID) error {
 	local, err := u.store.ReadLTX(db, txid, txid)
-	if err != nil {
+	if errors.Is(err, ErrNotFound) {
+		return nil // merged and removed locally by retention: nothing to compare
+	} else if err != nil {
 		return fmt.Errorf("local history of %s at %s: %w", db, txid, err)
 	}
 	rc, err := u.replica.OpenLTX(ctx, db, 0, txid, txid)

@@ -42,7 +42,12 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	syncTimeout := fset.Duration("sync-timeout", 10*time.Second, "with -sync-replica, how long an fsync waits for the replica before failing with EIO")
 	walCapture := fset.String("wal-capture", "watch", "how WAL commits are captured: `watch` (the kernel writes the WAL directly, sqlfs reads each commit back at once and holds checkpoints until it has) or intercept (every WAL write passes through sqlfs)")
 	shutdownTimeout := fset.Duration("shutdown-timeout", 10*time.Second, "at unmount, how long to wait for pending uploads")
+	levelFlags := addLevelFlags(fset)
 	if err := parseFlags(fset, args, stdout); err != nil {
+		return err
+	}
+	levels, err := levelFlags.levels()
+	if err != nil {
 		return err
 	}
 	if fset.NArg() != 1 {
@@ -98,6 +103,8 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		defer rep.stop(*shutdownTimeout, log)
 	}
+	lev := startLeveling(levels, store, rep, log)
+	defer lev.stop()
 	openDB := func(name string) (*pager.DB, error) {
 		return openCapture(dd, store, rep, name, watch, log)
 	}
@@ -116,6 +123,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		live.Add(db)
+		lev.add(name)
 		if rep != nil {
 			if err := rep.up.Start(ctx, name, db.Pos().TXID); err != nil {
 				return err

@@ -19,6 +19,8 @@ type replication struct {
 	up          *ship.Uploader
 	sync        bool          // -sync-replica: fsync waits for the replica
 	syncTimeout time.Duration // how long an fsync waits before failing with EIO
+	index       *ship.Index   // the replica as the uploader and the leveler see it
+	counted     *ship.Counted // requests made to the replica
 }
 
 // startReplication opens the replica and starts the uploader; every commit
@@ -42,9 +44,10 @@ func startReplication(ctx context.Context, url string, store *ship.Store, sync b
 	default:
 		return nil, fmt.Errorf("replica %s: %w", replica, err)
 	}
-	up := ship.NewUploader(store, replica, log)
+	index, counted := wrapReplica(replica)
+	up := ship.NewUploader(store, index, log)
 	store.OnAppend = up.Notify
-	return &replication{up: up, sync: sync, syncTimeout: syncTimeout}, nil
+	return &replication{up: up, sync: sync, syncTimeout: syncTimeout, index: index, counted: counted}, nil
 }
 
 // waitReplica blocks, in sync mode, until the replica has every commit of
