@@ -122,6 +122,17 @@ func Restore(ctx context.Context, r ship.Replica, db string, opt Options) (res *
 	}()
 
 	res, err = apply(ctx, r, db, plan, f)
+	for retry := 0; retry < 3 && errors.Is(err, ship.ErrNotFound); retry++ {
+		// Retention removed a planned file meanwhile (it had merged it
+		// into one the new plan finds): start over.
+		if plan, err = Plan(ctx, r, db, opt.TXID); err != nil {
+			return nil, err
+		}
+		if err = f.Truncate(0); err != nil {
+			return nil, fmt.Errorf("restore %s: %w", db, err)
+		}
+		res, err = apply(ctx, r, db, plan, f)
+	}
 	if err != nil {
 		return nil, err
 	}

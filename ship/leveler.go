@@ -391,7 +391,7 @@ func (l *Leveler) retain(ctx context.Context, db string, now time.Time) error {
 	l.stats.Deleted += len(gone)
 	l.mu.Unlock()
 	if len(gone) > 0 {
-		l.cfg.Log.Debug("retention", "db", db, "deleted", len(gone), "replica", l.cfg.Target.String())
+		l.cfg.Log.Info("retention pass", "db", db, "deleted", len(gone), "replica", l.cfg.Target.String())
 	}
 	return nil
 }

@@ -61,8 +61,8 @@ func expired(files *[SnapshotLevel + 1][]*ltx.FileInfo, cfg Levels, now time.Tim
 	l0 := files[0]
 	cutoff0 := now.Add(-cfg.RetentionL0)
 	var limit ltx.TXID // end of the prefix of level-0 files older than cutoff0
-	for i, fi := range l0 {
-		if fi.CreatedAt.After(cutoff0) || i == len(l0)-1 {
+	for _, fi := range l0 {
+		if fi.CreatedAt.After(cutoff0) {
 			break
 		}
 		limit = fi.MaxTXID
