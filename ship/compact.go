@@ -52,11 +52,24 @@ func (s fileSource) read(ctx context.Context, db string, fi *ltx.FileInfo) ([]by
 // compactLTX merges LTX files whose TXIDs chain (oldest first) into one
 // with ltx.Compactor: the newest version of each page, the first file's
 // pre-apply checksum and the last file's post-apply checksum and commit
-// time. Each input's own checksum is verified as it is read.
+// time. Every input is decoded and verified first, a window the Compactor
+// would not merge exactly is refused (ErrUnsafeWindow), and the result is
+// verified against the inputs (see checkMerged) before it is returned.
 func compactLTX(ctx context.Context, inputs [][]byte) ([]byte, ltx.Header, error) {
+	sums := make([]ltxSummary, len(inputs))
 	rdrs := make([]io.Reader, len(inputs))
 	for i, b := range inputs {
+		var err error
+		if sums[i], err = readSummary(b); err != nil {
+			return nil, ltx.Header{}, fmt.Errorf("input %d: %w", i, err)
+		}
+		if i > 0 && sums[i].hdr.PreApplyChecksum != sums[i-1].trailer.PostApplyChecksum {
+			return nil, ltx.Header{}, fmt.Errorf("txid %s does not continue txid %s: checksum chain broken", sums[i].hdr.MinTXID, sums[i-1].hdr.MaxTXID)
+		}
 		rdrs[i] = bytes.NewReader(b)
+	}
+	if err := checkWindow(sums); err != nil {
+		return nil, ltx.Header{}, err
 	}
 	var out bytes.Buffer
 	c, err := ltx.NewCompactor(&out, rdrs)
@@ -67,6 +80,9 @@ func compactLTX(ctx context.Context, inputs [][]byte) ([]byte, ltx.Header, error
 	if err := c.Compact(ctx); err != nil {
 		return nil, ltx.Header{}, err
 	}
+	if err := checkMerged(out.Bytes(), sums[0], sums[len(sums)-1]); err != nil {
+		return nil, ltx.Header{}, err
+	}
 	return out.Bytes(), c.Header(), nil
 }
 
@@ -75,45 +91,37 @@ func compactLTX(ctx context.Context, inputs [][]byte) ([]byte, ltx.Header, error
 // checksum its trailer promises: a snapshot replaces history, so it is
 // checked before anything relies on it.
 func checkSnapshot(data []byte) error {
-	dec := ltx.NewDecoder(bytes.NewReader(data))
-	if err := dec.DecodeHeader(); err != nil {
-		return err
-	}
-	hdr := dec.Header()
-	page := make([]byte, hdr.PageSize)
-	zero := make([]byte, hdr.PageSize)
 	h := ltx.NewHasher()
-	lock := ltx.LockPgno(hdr.PageSize)
 	sum := ltx.ChecksumFlag
+	var zero []byte
 	next := uint32(1) // pages below next are summed
-	zeros := func(upto uint32) {
+	zeros := func(upto, lock uint32) {
 		for ; next < upto; next++ {
 			if next != lock {
 				sum = ltx.ChecksumFlag | (sum ^ ltx.ChecksumPageWithHasher(h, next, zero))
 			}
 		}
 	}
-	var ph ltx.PageHeader
-	for {
-		err := dec.DecodePage(&ph, page)
-		if err == io.EOF {
-			break
-		} else if err != nil {
-			return err
+	s, err := decodeAll(data, func(hdr ltx.Header, pgno uint32, page []byte) {
+		if zero == nil {
+			zero = make([]byte, hdr.PageSize)
 		}
-		if ph.Pgno > hdr.Commit {
-			continue
+		if pgno > hdr.Commit {
+			return
 		}
-		zeros(ph.Pgno)
-		sum = ltx.ChecksumFlag | (sum ^ ltx.ChecksumPageWithHasher(h, ph.Pgno, page))
-		next = ph.Pgno + 1
-	}
-	zeros(hdr.Commit + 1)
-	if err := dec.Close(); err != nil {
+		zeros(pgno, ltx.LockPgno(hdr.PageSize))
+		sum = ltx.ChecksumFlag | (sum ^ ltx.ChecksumPageWithHasher(h, pgno, page))
+		next = pgno + 1
+	})
+	if err != nil {
 		return err
 	}
-	if want := dec.Trailer().PostApplyChecksum; sum != want {
-		return fmt.Errorf("snapshot of txids 1 through %s has checksum %s, not %s", hdr.MaxTXID, sum, want)
+	if zero == nil {
+		zero = make([]byte, s.hdr.PageSize)
+	}
+	zeros(s.hdr.Commit+1, ltx.LockPgno(s.hdr.PageSize))
+	if want := s.trailer.PostApplyChecksum; sum != want {
+		return fmt.Errorf("snapshot of txids 1 through %s has checksum %s, not %s", s.hdr.MaxTXID, sum, want)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -49,9 +50,10 @@ type Leveler struct {
 	cfg LevelerConfig
 	src fileSource
 
-	mu    sync.Mutex
-	dbs   map[string]bool
-	stats LevelerStats
+	mu       sync.Mutex
+	dbs      map[string]bool
+	stats    LevelerStats
+	verified map[fileKey]bool // level files of the target known to be sound
 
 	kick   chan struct{}
 	cancel context.CancelFunc
@@ -72,7 +74,7 @@ type LevelerStats struct {
 func NewLeveler(cfg LevelerConfig) *Leveler {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Leveler{cfg: cfg, src: fileSource{target: cfg.Target, local: cfg.Local},
-		dbs: map[string]bool{}, kick: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+		dbs: map[string]bool{}, verified: map[fileKey]bool{}, kick: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 }
 
 // Add makes db's history part of the Leveler's work. It is cheap and can be
@@ -165,10 +167,18 @@ func (l *Leveler) run() {
 // snap, then retention.
 func (l *Leveler) Pass(ctx context.Context, db string, now time.Time, due []bool, snap bool) error {
 	for i, d := range due {
-		if d {
-			if err := l.compactLevel(ctx, db, i+1); err != nil {
-				return fmt.Errorf("compact level %d of %s: %w", i+1, db, err)
-			}
+		if !d {
+			continue
+		}
+		err := l.compactLevel(ctx, db, i+1)
+		if errors.Is(err, ErrUnsafeWindow) {
+			// Level 0 stays as it is: retention cuts it only where
+			// levels above reach, and they stop before this window.
+			l.cfg.Log.Warn("compaction refused; the commits stay uncompacted", "db", db, "level", i+1, "replica", l.cfg.Target.String(), "why", err)
+			snap = false
+			break
+		} else if err != nil {
+			return fmt.Errorf("compact level %d of %s: %w", i+1, db, err)
 		}
 	}
 	if snap {
@@ -283,8 +293,39 @@ func (l *Leveler) writeLevel(ctx context.Context, db string, n int, files []*ltx
 		if data, _, err = compactLTX(ctx, inputs); err != nil {
 			return fmt.Errorf("merge %s through %s: %w", minTXID, maxTXID, err)
 		}
+	} else if err := l.checkCopy(ctx, db, data, files); err != nil {
+		return fmt.Errorf("local copy of level %d file %s through %s: %w", n, minTXID, maxTXID, err)
 	}
 	return l.put(ctx, db, n, minTXID, maxTXID, data)
+}
+
+// checkCopy verifies a file taken from the local store against the first
+// and last of the files it replaces in the target.
+func (l *Leveler) checkCopy(ctx context.Context, db string, data []byte, files []*ltx.FileInfo) error {
+	first, err := l.summary(ctx, db, files[0])
+	if err != nil {
+		return err
+	}
+	last := first
+	if len(files) > 1 {
+		if last, err = l.summary(ctx, db, files[len(files)-1]); err != nil {
+			return err
+		}
+	}
+	return checkMerged(data, first, last)
+}
+
+// summary reads and decodes one file of the target's history.
+func (l *Leveler) summary(ctx context.Context, db string, fi *ltx.FileInfo) (ltxSummary, error) {
+	data, err := l.src.read(ctx, db, fi)
+	if err != nil {
+		return ltxSummary{}, err
+	}
+	s, err := readSummary(data)
+	if err != nil {
+		return ltxSummary{}, fmt.Errorf("%s: %w", LTXPath(db, fi.Level, fi.MinTXID, fi.MaxTXID), err)
+	}
+	return s, nil
 }
 
 // localCopy returns the local store's file of the same level and range
@@ -313,6 +354,11 @@ func (l *Leveler) put(ctx context.Context, db string, n int, minTXID, maxTXID lt
 		return err
 	}
 	l.mu.Lock()
+	if err == nil {
+		// The bytes just stored were checked; a file that was already
+		// there is checked when retention first relies on it.
+		l.verified[fileKey{db, n, minTXID, maxTXID}] = true
+	}
 	l.stats.Compactions++
 	if n == SnapshotLevel {
 		l.stats.Snapshots++
@@ -346,11 +392,11 @@ func (l *Leveler) snapshot(ctx context.Context, db string) error {
 	if err != nil {
 		return err
 	}
+	plan, err := l.cfg.Plan(ctx, l.cfg.Target, db, at)
+	if err != nil {
+		return err
+	}
 	if data == nil {
-		plan, err := l.cfg.Plan(ctx, l.cfg.Target, db, at)
-		if err != nil {
-			return err
-		}
 		inputs := make([][]byte, len(plan))
 		for i, fi := range plan {
 			if inputs[i], err = l.src.read(ctx, db, fi); err != nil {
@@ -360,9 +406,13 @@ func (l *Leveler) snapshot(ctx context.Context, db string) error {
 		if data, _, err = compactLTX(ctx, inputs); err != nil {
 			return err
 		}
-		if err := checkSnapshot(data); err != nil {
-			return err
-		}
+	} else if err := l.checkCopy(ctx, db, data, plan); err != nil {
+		return fmt.Errorf("local copy of snapshot at %s: %w", at, err)
+	}
+	// A snapshot replaces history: the pages themselves must also add up
+	// to the state it claims.
+	if err := checkSnapshot(data); err != nil {
+		return err
 	}
 	return l.put(ctx, db, SnapshotLevel, 1, at, data)
 }
@@ -375,6 +425,11 @@ func (l *Leveler) retain(ctx context.Context, db string, now time.Time) error {
 		if files[level], err = l.cfg.Target.LTXFiles(ctx, db, level); err != nil {
 			return err
 		}
+	}
+	// Retention relies only on level files known to be sound: a file it
+	// cannot vouch for neither replaces level 0 nor is deleted.
+	for level := 1; level <= SnapshotLevel; level++ {
+		files[level] = l.sound(ctx, db, files[level])
 	}
 	keep := ^ltx.TXID(0)
 	if l.cfg.Keep != nil {
@@ -396,12 +451,90 @@ func (l *Leveler) retain(ctx context.Context, db string, now time.Time) error {
 	return nil
 }
 
-// Compacted returns the furthest TXID of db that levels above 0 reach in
-// the Leveler's target (from memory): level-0 files up to it are merged.
-func (l *Leveler) Compacted(db string) ltx.TXID {
-	pos, err := CompactedPos(context.Background(), l.cfg.Target, db)
-	if err != nil {
-		return 0
+// sound returns the files of one level above 0 that were verified: those
+// this Leveler checked before storing them, and those found in the target
+// (stored by an earlier run) once they are read back and decode, hold the
+// TXIDs their names say and, for snapshots, pages that add up to their
+// post-apply checksum. A file that fails is logged and left alone.
+func (l *Leveler) sound(ctx context.Context, db string, files []*ltx.FileInfo) []*ltx.FileInfo {
+	var out []*ltx.FileInfo
+	for _, fi := range files {
+		k := fileKey{db, fi.Level, fi.MinTXID, fi.MaxTXID}
+		l.mu.Lock()
+		ok, known := l.verified[k]
+		l.mu.Unlock()
+		if !known {
+			if err := l.verifyStored(ctx, db, fi); err != nil {
+				if ctx.Err() != nil {
+					return out
+				}
+				l.cfg.Log.Warn("level file failed verification; retention keeps what it would replace",
+					"db", db, "file", LTXPath(db, fi.Level, fi.MinTXID, fi.MaxTXID), "replica", l.cfg.Target.String(), "err", err)
+			} else {
+				ok = true
+			}
+			l.mu.Lock()
+			l.verified[k] = ok
+			l.mu.Unlock()
+		}
+		if ok {
+			out = append(out, fi)
+		}
 	}
-	return pos
+	return out
+}
+
+// verifyStored reads a level file back from the target and checks it.
+func (l *Leveler) verifyStored(ctx context.Context, db string, fi *ltx.FileInfo) error {
+	rc, err := l.cfg.Target.OpenLTX(ctx, db, fi.Level, fi.MinTXID, fi.MaxTXID)
+	if err != nil {
+		return err
+	}
+	data, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		return err
+	}
+	s, err := readSummary(data)
+	if err != nil {
+		return err
+	}
+	if s.hdr.MinTXID != fi.MinTXID || s.hdr.MaxTXID != fi.MaxTXID {
+		return fmt.Errorf("holds txids %s through %s", s.hdr.MinTXID, s.hdr.MaxTXID)
+	}
+	if fi.Level == SnapshotLevel {
+		return checkSnapshot(data)
+	}
+	return nil
+}
+
+// Compacted returns the furthest TXID of db that verified files of levels
+// above 0 reach in the Leveler's target (from memory): level-0 files up to
+// it are merged into files retention may rely on.
+func (l *Leveler) Compacted(db string) ltx.TXID {
+	var upper []*ltx.FileInfo
+	for level := 1; level <= SnapshotLevel; level++ {
+		files, err := l.cfg.Target.LTXFiles(context.Background(), db, level)
+		if err != nil {
+			return 0
+		}
+		l.mu.Lock()
+		for _, fi := range files {
+			if l.verified[fileKey{db, fi.Level, fi.MinTXID, fi.MaxTXID}] {
+				upper = append(upper, fi)
+			}
+		}
+		l.mu.Unlock()
+	}
+	if reach := ReachFrom0(upper); len(reach) > 0 {
+		return reach[len(reach)-1]
+	}
+	return 0
+}
+
+// fileKey names one file of a database's history.
+type fileKey struct {
+	db               string
+	level            int
+	minTXID, maxTXID ltx.TXID
 }

@@ -1,7 +1,6 @@
 package ship
 
 import (
-	"context"
 	"slices"
 	"time"
 
@@ -101,21 +100,4 @@ func ReachFrom0(infos []*ltx.FileInfo) []ltx.TXID {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// CompactedPos returns the furthest TXID of db that r's levels above 0
-// reach from TXID 1: level-0 files up to it may be gone.
-func CompactedPos(ctx context.Context, r Replica, db string) (ltx.TXID, error) {
-	var upper []*ltx.FileInfo
-	for level := 1; level <= SnapshotLevel; level++ {
-		files, err := r.LTXFiles(ctx, db, level)
-		if err != nil {
-			return 0, err
-		}
-		upper = append(upper, files...)
-	}
-	if reach := ReachFrom0(upper); len(reach) > 0 {
-		return reach[len(reach)-1], nil
-	}
-	return 0, nil
 }

@@ -19,8 +19,8 @@ func encodeLTX(t *testing.T, txid ltx.TXID) []byte {
 	var buf bytes.Buffer
 	enc, _ := ltx.NewEncoder(&buf)
 	hdr := ltx.Header{Version: ltx.Version, PageSize: 512, Commit: 1, MinTXID: txid, MaxTXID: txid, Timestamp: 1}
-	if txid > 1 {
-		hdr.PreApplyChecksum = ltx.ChecksumFlag | 1
+	if txid > 1 { // the state txid-1 left: its page 1
+		hdr.PreApplyChecksum = ltx.ChecksumFlag | ltx.ChecksumPage(1, bytes.Repeat([]byte{byte(txid - 1)}, 512))
 	}
 	if err := enc.EncodeHeader(hdr); err != nil {
 		t.Fatal(err)
