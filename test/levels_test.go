@@ -20,7 +20,7 @@ import (
 
 // levelFlags are short intervals that make an hour of levels, snapshots and
 // retention happen in seconds.
-var levelFlags = []string{"-levels", "1s,3s", "-snapshot-interval", "4s", "-retention-l0", "8s", "-retention", "20s"}
+var levelFlags = []string{"-levels", "1s,3s", "-snapshot-interval", "4s", "-retention-l0", "8s", "-retention", "12s"}
 
 // levelHistory is a database written through a mount with levelFlags: one
 // row per commit, so the state at each TXID is known by its row count.
@@ -99,7 +99,9 @@ func (h *levelHistory) restoreAt(txid uint64) (uint64, int, string) {
 	} else {
 		args = append(args, "-data", h.data, "-db", "app.db")
 	}
+	began := time.Now()
 	res := runSqlfs(t, args...)
+	t.Logf("restore %x: exit %d in %s", txid, res.code, time.Since(began).Round(time.Millisecond))
 	if res.code != 0 {
 		if _, err := os.Stat(out); err == nil {
 			t.Fatalf("failed restore left %s behind", out)
@@ -220,17 +222,15 @@ func (h *levelHistory) checkLevels() {
 	for i := h.n; i >= 1 && h.done.Sub(h.at[i]) < 2*time.Second; i-- {
 		recent = append(recent, h.base+uint64(i))
 	}
-	for k := 0; k < 4 && len(recent) > 0; k++ {
+	for k := 0; k < 2 && len(recent) > 0; k++ {
 		h.checkExact(recent[rand.IntN(len(recent))], "in the level-0 window")
 	}
-	// Wait until retention cut the oldest history, then restore old TXIDs.
+	// Wait until retention cut the oldest history, then restore an old TXID.
 	if !waitSlow(60*time.Second, func() bool { return h.oldest() > h.base+uint64(h.n/10) }) {
 		t.Fatalf("retention kept history from txid %x on", h.oldest())
 	}
 	t.Logf("retention cut history to %x at %s", h.oldest(), time.Since(h.done).Round(time.Millisecond))
-	for k := 0; k < 3; k++ {
-		h.checkOld(h.base + 1 + uint64(rand.IntN(h.n/2)))
-	}
+	h.checkOld(h.base + 1 + uint64(rand.IntN(h.n/2)))
 	t.Logf("old txids checked at %s", time.Since(h.done).Round(time.Millisecond))
 	// Across retention passes, the latest and the oldest state restore,
 	// from few files.
@@ -238,7 +238,9 @@ func (h *levelHistory) checkLevels() {
 		latest := h.planSize(0)
 		h.checkExact(0, "latest")
 		old := h.oldest()
-		h.checkExact(old, "oldest retained")
+		if pass == 0 { // each restore from the data dir reads its capture log
+			h.checkExact(old, "oldest retained")
+		}
 		t.Logf("pass %d: latest state from %d files, oldest retained %x", pass, latest, old)
 		if latest > 50 {
 			t.Fatalf("restoring the latest state reads %d files", latest)
@@ -258,4 +260,5 @@ func TestLevelsLocal(t *testing.T) {
 	m := startMount(t, data, mnt, levelFlags...)
 	h := writeLevelHistory(t, m, 100_000)
 	h.checkLevels()
+	m.Stop()
 }
