@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -47,6 +48,18 @@ func writePaced(t *testing.T, m *Mount, url string, d, pace time.Duration) *leve
 	h.done = time.Now()
 	t.Logf("%d commits in %s", h.n, h.done.Sub(start).Round(time.Millisecond))
 	return h
+}
+
+// countRows is the row count of table t in a restored database.
+func countRows(t *testing.T, path string) int {
+	t.Helper()
+	db := openDB(t, path, "mode=ro")
+	defer db.Close()
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM t").Scan(&n); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return n
 }
 
 // replicaFiles counts the replica's files of app.db per level.
@@ -126,6 +139,26 @@ func checkReplicaLevels(t *testing.T, h *levelHistory) {
 	}
 	t.Logf("replica holds %d files (per level %v) for %d commits", total, per, h.n)
 	h.checkExact(0, "latest after retention")
+
+	// Restore by time still works for a time before level 0's window: it
+	// gets the last level boundary at or before that time.
+	mid := h.n / 2
+	out = filepath.Join(t.TempDir(), "app.db")
+	r := runSqlfs(t, "restore", "-o", out, "-timestamp", h.at[mid].UTC().Format(time.RFC3339Nano), h.url)
+	if r.code != 0 {
+		t.Fatalf("restore -timestamp of commit %d (before level 0's window): exit %d: %s", mid, r.code, r.stderr)
+	}
+	tm := regexp.MustCompile(`at txid ([0-9a-f]{16})`).FindStringSubmatch(r.stdout + r.stderr)
+	if tm == nil {
+		t.Fatalf("restore -timestamp said %q", r.stdout+r.stderr)
+	}
+	got, _ := strconv.ParseUint(tm[1], 16, 64)
+	if got > h.base+uint64(mid) || got < h.oldest() {
+		t.Fatalf("restore -timestamp of txid %x's time restored txid %x", h.base+uint64(mid), got)
+	}
+	if rows := countRows(t, out); rows != h.rows(got) {
+		t.Fatalf("restore -timestamp: txid %x has %d rows, want %d", got, rows, h.rows(got))
+	}
 }
 
 func TestLevelsReplicaFile(t *testing.T) {
