@@ -245,9 +245,10 @@ func (h *levelHistory) checkLevels() {
 		if latest > 50 {
 			t.Fatalf("restoring the latest state reads %d files", latest)
 		}
-		// A new commit gives retention something to cut.
-		sqlite3Cmd(t, h.m.Path("app.db"), "INSERT INTO t(v) VALUES (0)")
+		// A new commit gives retention something to cut (counted from
+		// before it: the pass may run before sqlite3 has exited).
 		passes := h.passes()
+		sqlite3Cmd(t, h.m.Path("app.db"), "INSERT INTO t(v) VALUES (0)")
 		if !waitSlow(10*time.Second, func() bool { return h.passes() > passes }) {
 			t.Fatal("no retention pass ran")
 		}
