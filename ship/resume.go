@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/superfly/ltx"
@@ -24,11 +25,15 @@ func (u *Uploader) Start(ctx context.Context, db string, localLast ltx.TXID) err
 	if err != nil {
 		return fmt.Errorf("replica %s: list %s: %w", u.replica, db, err)
 	}
-	// Retention removes level-0 files the levels above have merged, so the
-	// walk starts where those reach (upper is the file ending there).
-	start, upper, err := compactedEnd(ctx, u.replica, db)
-	if err != nil {
-		return fmt.Errorf("replica %s: list %s: %w", u.replica, db, err)
+	// Retention removes level-0 files the levels above have merged, so
+	// unless level 0 still starts at TXID 1 the walk starts where those
+	// reach (upper is the file ending there).
+	var start ltx.TXID
+	var upper *ltx.FileInfo
+	if len(files) == 0 || files[0].MinTXID != 1 {
+		if start, upper, err = compactedEnd(ctx, u.replica, db); err != nil {
+			return fmt.Errorf("replica %s: list %s: %w", u.replica, db, err)
+		}
 	}
 	// The position is where a restore of the latest state gets to: from
 	// start, each step takes the level-0 file reaching furthest among those
@@ -122,14 +127,25 @@ func (u *Uploader) sameAs(ctx context.Context, db string, level int, r txRange, 
 
 // compactedEnd returns the furthest TXID of db that r's levels above 0
 // reach from TXID 1, and the file of the lowest level ending there (nil
-// when they reach nothing).
+// when they reach nothing). The levels are listed at once: a new database's
+// first commits wait for this, and a backlog past its bound would merge.
 func compactedEnd(ctx context.Context, r Replica, db string) (ltx.TXID, *ltx.FileInfo, error) {
-	var upper []*ltx.FileInfo
+	lists := make([][]*ltx.FileInfo, SnapshotLevel+1)
+	errs := make([]error, SnapshotLevel+1)
+	var wg sync.WaitGroup
 	for level := 1; level <= SnapshotLevel; level++ {
-		files, err := r.LTXFiles(ctx, db, level)
-		if err != nil {
-			return 0, nil, err
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lists[level], errs[level] = r.LTXFiles(ctx, db, level)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return 0, nil, err
+	}
+	var upper []*ltx.FileInfo
+	for _, files := range lists {
 		upper = append(upper, files...)
 	}
 	reach := ReachFrom0(upper)
