@@ -146,6 +146,18 @@ func Restore(ctx context.Context, r ship.Replica, db string, opt Options) (res *
 	}()
 
 	res, err = apply(ctx, r, db, plan, f, opt)
+	for retry := 0; retry < 3 && errors.Is(err, ship.ErrNotFound); retry++ {
+		// Retention removed a planned file meanwhile (it had merged it
+		// into one the new plan finds): start over, at the same target
+		// (for -timestamp, the TXID the time resolved to).
+		if plan, err = Plan(ctx, r, db, target); err != nil {
+			return nil, err
+		}
+		if err = f.Truncate(0); err != nil {
+			return nil, fmt.Errorf("restore %s: %w", db, err)
+		}
+		res, err = apply(ctx, r, db, plan, f, opt)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -1,10 +1,12 @@
 package restore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"time"
 
@@ -17,17 +19,31 @@ import (
 // come from one clock and grow with the TXID, so it reads the headers of
 // O(log n) files, not all of them.
 //
+// Retention trims level 0 to a recent window; for a time before its first
+// file, TXIDAt looks at the files of the levels above (compactions and
+// snapshots, whose header time is the commit time of their last TXID) and
+// returns the newest TXID one of them ends at that a restore can reach.
+//
 // Errors: ErrNoHistory when db has no files; ErrBeforeHistory when the first
-// commit is after t (the message gives its time); ErrCorrupt when a header
-// it needs cannot be read.
+// commit still restorable is after t (the message gives its time);
+// ErrCorrupt when a header it needs cannot be read.
 func TXIDAt(ctx context.Context, r ship.Replica, db string, t time.Time) (ltx.TXID, error) {
 	infos, err := r.LTXFiles(ctx, db, 0)
 	if err != nil {
 		return 0, fmt.Errorf("list history of %s: %w", db, err)
 	}
-	if len(infos) == 0 {
-		return 0, errorf(ErrNoHistory, "no history for %s", db)
+	i, err := searchTime(ctx, r, db, infos, t)
+	if err != nil {
+		return 0, err
 	}
+	if i > 0 {
+		return infos[i-1].MaxTXID, nil
+	}
+	return txidAtUpper(ctx, r, db, infos, t)
+}
+
+// searchTime returns the index of the first of infos committed after t.
+func searchTime(ctx context.Context, r ship.Replica, db string, infos []*ltx.FileInfo, t time.Time) (int, error) {
 	var firstErr error
 	after := func(i int) bool { // the commit time of infos[i] is after t
 		if firstErr != nil {
@@ -40,19 +56,72 @@ func TXIDAt(ctx context.Context, r ship.Replica, db string, t time.Time) (ltx.TX
 		}
 		return ts.After(t)
 	}
-	i := sort.Search(len(infos), after) // the first file committed after t
-	if firstErr != nil {
-		return 0, firstErr
+	i := sort.Search(len(infos), after)
+	return i, firstErr
+}
+
+// txidAtUpper answers TXIDAt for a time before level 0's first file from
+// the levels above 0. l0 is level 0's listing.
+func txidAtUpper(ctx context.Context, r ship.Replica, db string, l0 []*ltx.FileInfo, t time.Time) (ltx.TXID, error) {
+	all := slices.Clone(l0)
+	var upper [][]*ltx.FileInfo
+	for level := 1; level <= maxLevel; level++ {
+		files, err := r.LTXFiles(ctx, db, level)
+		if err != nil {
+			return 0, fmt.Errorf("list history of %s: %w", db, err)
+		}
+		all = append(all, files...)
+		upper = append(upper, files)
 	}
-	if i == 0 {
-		first, err := commitTime(ctx, r, db, infos[0])
+	if len(all) == 0 {
+		return 0, errorf(ErrNoHistory, "no history for %s", db)
+	}
+	reach := map[ltx.TXID]bool{}
+	for _, p := range ship.ReachFrom0(all) {
+		reach[p] = true
+	}
+	// Per level, the files ending at a restorable TXID, in TXID order
+	// (and so in time order); the newest one at or before t of each.
+	var best ltx.TXID
+	var earliest *ltx.FileInfo // the first restorable file of all, for the error
+	for _, files := range upper {
+		var ends []*ltx.FileInfo
+		for _, fi := range files {
+			if reach[fi.MaxTXID] {
+				ends = append(ends, fi)
+			}
+		}
+		slices.SortFunc(ends, func(a, b *ltx.FileInfo) int { return cmp.Compare(a.MaxTXID, b.MaxTXID) })
+		if len(ends) == 0 {
+			continue
+		}
+		if earliest == nil || ends[0].MaxTXID < earliest.MaxTXID {
+			earliest = ends[0]
+		}
+		i, err := searchTime(ctx, r, db, ends, t)
 		if err != nil {
 			return 0, err
 		}
-		return 0, errorf(ErrBeforeHistory, "no commit of %s at or before %s: its history starts at txid %s, committed %s",
-			db, t.UTC().Format(time.RFC3339Nano), infos[0].MinTXID, first.Format(time.RFC3339Nano))
+		if i > 0 {
+			best = max(best, ends[i-1].MaxTXID)
+		}
 	}
-	return infos[i-1].MaxTXID, nil
+	if best > 0 {
+		return best, nil
+	}
+	first := earliest
+	if len(l0) > 0 && (first == nil || l0[0].MaxTXID < first.MaxTXID) {
+		first = l0[0]
+	}
+	if first == nil {
+		return 0, errorf(ErrNoHistory, "no restorable history for %s", db)
+	}
+	ts, err := commitTime(ctx, r, db, first)
+	if err != nil {
+		return 0, err
+	}
+	return 0, errorf(ErrBeforeHistory, "no commit of %s at or before %s: its history starts at txid %s, committed %s",
+		db, t.UTC().Format(time.RFC3339Nano), first.MaxTXID, ts.Format(time.RFC3339Nano))
 }
 
 // commitTime reads the commit time from the header of one file with a

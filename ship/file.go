@@ -100,6 +100,12 @@ func (r *FileReplica) Databases(ctx context.Context) ([]string, error) {
 
 // LTXFiles lists a level's LTX files. A missing database or level is an empty list.
 func (r *FileReplica) LTXFiles(ctx context.Context, db string, level int) ([]*ltx.FileInfo, error) {
+	return r.LTXFilesAfter(ctx, db, level, 0)
+}
+
+// LTXFilesAfter lists a level's LTX files with MinTXID > after; the others
+// are skipped by name, without a stat each.
+func (r *FileReplica) LTXFilesAfter(ctx context.Context, db string, level int, after ltx.TXID) ([]*ltx.FileInfo, error) {
 	dir := filepath.Join(r.Root, LevelDir(db, level))
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -112,6 +118,9 @@ func (r *FileReplica) LTXFiles(ctx context.Context, db string, level int) ([]*lt
 		minTXID, maxTXID, err := ltx.ParseFilename(e.Name())
 		if err != nil {
 			continue // temporary files and strangers
+		}
+		if minTXID <= after {
+			continue
 		}
 		fi, err := e.Info()
 		if errors.Is(err, fs.ErrNotExist) {

@@ -1,10 +1,8 @@
 package ship
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 
 	"github.com/superfly/ltx"
 )
@@ -28,7 +26,7 @@ const (
 // once mergeMaxBytes are read, and merges them into one LTX file. It returns
 // the file and the last TXID it covers (maxTXID unless it stopped early).
 func mergeLocal(ctx context.Context, store *Store, db string, minTXID, maxTXID ltx.TXID) ([]byte, ltx.TXID, error) {
-	var inputs []io.Reader
+	var inputs [][]byte
 	total := 0
 	hi := minTXID - 1
 	for txid := minTXID; txid <= maxTXID && total < mergeMaxBytes; txid++ {
@@ -39,27 +37,13 @@ func mergeLocal(ctx context.Context, store *Store, db string, minTXID, maxTXID l
 		if err != nil {
 			return nil, 0, err
 		}
-		inputs = append(inputs, bytes.NewReader(data))
+		inputs = append(inputs, data)
 		total += len(data)
 		hi = txid
 	}
-	out, err := mergeLTX(ctx, inputs)
+	out, _, err := compactLTX(ctx, inputs)
 	if err != nil {
 		return nil, 0, fmt.Errorf("merge %s: %w", LTXPath(db, 0, minTXID, hi), err)
 	}
 	return out, hi, nil
-}
-
-// mergeLTX merges consecutive LTX files, oldest first, into one.
-func mergeLTX(ctx context.Context, inputs []io.Reader) ([]byte, error) {
-	var buf bytes.Buffer
-	c, err := ltx.NewCompactor(&buf, inputs)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Cleanup()
-	if err := c.Compact(ctx); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
 }

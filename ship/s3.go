@@ -157,36 +157,7 @@ func (r *S3Replica) Databases(ctx context.Context) ([]string, error) {
 // LTX header and the object metadata. A missing database or level is an
 // empty list.
 func (r *S3Replica) LTXFiles(ctx context.Context, db string, level int) ([]*ltx.FileInfo, error) {
-	lp := r.levelPrefix(db, level)
-	var infos []*ltx.FileInfo
-	p := s3.NewListObjectsV2Paginator(r.client, &s3.ListObjectsV2Input{
-		Bucket: aws.String(r.bucket), Prefix: aws.String(lp),
-	})
-	for p.HasMorePages() {
-		page, err := p.NextPage(ctx)
-		if err != nil {
-			return nil, r.wrap("list", lp, err)
-		}
-		for _, obj := range page.Contents {
-			minTXID, maxTXID, err := ltx.ParseFilename(strings.TrimPrefix(aws.ToString(obj.Key), lp))
-			if err != nil {
-				continue // strangers, including anything deeper down
-			}
-			infos = append(infos, &ltx.FileInfo{
-				Level: level, MinTXID: minTXID, MaxTXID: maxTXID,
-				Size: aws.ToInt64(obj.Size), CreatedAt: aws.ToTime(obj.LastModified).UTC(),
-			})
-		}
-	}
-	// Fixed-width hex names list in TXID order already; servers that do
-	// not sort keys exist, and this costs nothing.
-	slices.SortFunc(infos, func(a, b *ltx.FileInfo) int {
-		if a.MinTXID != b.MinTXID {
-			return cmpTXID(a.MinTXID, b.MinTXID)
-		}
-		return cmpTXID(a.MaxTXID, b.MaxTXID)
-	})
-	return infos, nil
+	return r.listLevel(ctx, db, level, 0)
 }
 
 func cmpTXID(a, b ltx.TXID) int {

@@ -549,14 +549,21 @@ var _ Replica = (*Local)(nil)
 // written out. The log is read before the directory so that a commit written
 // out and trimmed from the log in between is still seen.
 func (l *Local) LTXFiles(ctx context.Context, db string, level int) ([]*ltx.FileInfo, error) {
+	return l.LTXFilesAfter(ctx, db, level, 0)
+}
+
+// LTXFilesAfter is LTXFiles of the files with MinTXID > after.
+func (l *Local) LTXFilesAfter(ctx context.Context, db string, level int, after ltx.TXID) ([]*ltx.FileInfo, error) {
 	var recs []logRecord
 	if level == 0 {
-		var err error
-		if recs, err = l.logged(db); err != nil {
+		all, err := l.logged(db)
+		if err != nil {
 			return nil, err
 		}
+		i := sort.Search(len(all), func(i int) bool { return all[i].min > after })
+		recs = all[i:]
 	}
-	infos, err := l.FileReplica.LTXFiles(ctx, db, level)
+	infos, err := l.FileReplica.LTXFilesAfter(ctx, db, level, after)
 	if err != nil || len(recs) == 0 {
 		return infos, err
 	}
@@ -600,8 +607,13 @@ func (l *Local) ReadLTXRange(ctx context.Context, db string, level int, minTXID,
 		if err != nil {
 			return nil, err
 		}
-		for _, r := range recs {
-			if r.min == minTXID && r.max == maxTXID {
+		// Records ascend by TXID (readLog stops where they do not).
+		i := sort.Search(len(recs), func(i int) bool { return recs[i].min >= minTXID })
+		for _, r := range recs[i:] {
+			if r.min != minTXID {
+				break
+			}
+			if r.max == maxTXID {
 				data := r.data[min(off, int64(len(r.data))):]
 				if n >= 0 && n < int64(len(data)) {
 					data = data[:n]

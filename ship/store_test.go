@@ -16,24 +16,12 @@ import (
 // encodeLTX makes a small valid LTX file for txid with one page.
 func encodeLTX(t *testing.T, txid ltx.TXID) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	enc, _ := ltx.NewEncoder(&buf)
 	hdr := ltx.Header{Version: ltx.Version, PageSize: 512, Commit: 1, MinTXID: txid, MaxTXID: txid, Timestamp: 1}
-	if txid > 1 {
-		hdr.PreApplyChecksum = ltx.ChecksumFlag | 1
-	}
-	if err := enc.EncodeHeader(hdr); err != nil {
-		t.Fatal(err)
+	if txid > 1 { // the state txid-1 left: its page 1
+		hdr.PreApplyChecksum = ltx.ChecksumFlag | ltx.ChecksumPage(1, bytes.Repeat([]byte{byte(txid - 1)}, 512))
 	}
 	page := bytes.Repeat([]byte{byte(txid)}, 512)
-	if err := enc.EncodePage(ltx.PageHeader{Pgno: 1}, page); err != nil {
-		t.Fatal(err)
-	}
-	enc.SetPostApplyChecksum(ltx.ChecksumFlag | ltx.ChecksumPage(1, page))
-	if err := enc.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return encodeWith(t, hdr, page, ltx.ChecksumFlag|ltx.ChecksumPage(1, page))
 }
 
 func appendTX(t *testing.T, s *Store, txid ltx.TXID, durable bool) {

@@ -466,7 +466,7 @@ func (u *Uploader) upload(db string, r txRange) (ltx.TXID, error) {
 	}
 	err = u.replica.PutLTX(ctx, db, 0, r.min, hi, data, time.UnixMilli(hdr.Timestamp))
 	if errors.Is(err, ErrExists) {
-		err = u.sameAs(ctx, db, txRange{r.min, hi}, postApply(data))
+		err = u.sameAs(ctx, db, 0, txRange{r.min, hi}, postApply(data))
 	}
 	return hi, err
 }

@@ -29,6 +29,7 @@ var defaultConfig = "/etc/sqlfs.yml"
 var configKeys = []string{
 	"data", "mount-point", "replica", "sync-replica", "sync-timeout", "shutdown-timeout",
 	"restore-if-missing", "exec", "parallelism", "integrity-check",
+	"levels", "snapshot-interval", "retention-l0", "retention",
 }
 
 // addConfigFlag gives a command the -config flag.

@@ -53,12 +53,17 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fset.IntVar(&shipOpt.MaxBacklog, "max-backlog", 1000, "merge the commits waiting for the replica into one LTX file once more than `N` wait (0: never)")
 	fset.DurationVar(&shipOpt.MaxLag, "max-lag", 0, "merge the commits waiting for the replica once the oldest has waited this long (0: never)")
 	fset.Float64Var(&shipOpt.MaxPutRate, "max-put-rate", 0, "at most `N` uploads a second; commits that wait for one go up merged (0: no limit)")
+	levelFlags := addLevelFlags(fset)
 	if err := parseFlags(fset, args, stdout); err != nil {
 		return err
 	}
 	if *atTXID != "" || *atTime != "" {
 		return runHistMount(ctx, histMount{fset: fset, atTXID: *atTXID, atTime: *atTime, data: *data,
 			replica: *replicaURL, db: *dbName, verbose: *verbose, debug: *fuseDebug}, stderr)
+	}
+	levels, err := levelFlags.levels()
+	if err != nil {
+		return err
 	}
 	if fset.NArg() == 1 {
 		*mountPoint = fset.Arg(0)
@@ -124,6 +129,8 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		defer rep.stop(*shutdownTimeout, log)
 	}
+	lev := startLeveling(levels, store, rep, log)
+	defer lev.stop()
 	openDB := func(name string) (*pager.DB, error) {
 		return openCapture(dd, store, rep, name, watch, log)
 	}
@@ -142,6 +149,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		live.Add(db)
+		lev.add(name)
 		if rep != nil {
 			if err := rep.up.Start(ctx, name, db.Pos().TXID); err != nil {
 				return err

@@ -26,6 +26,8 @@ type replication struct {
 	up          *ship.Uploader
 	sync        bool          // -sync-replica: fsync waits for the replica
 	syncTimeout time.Duration // how long an fsync waits before failing with EIO
+	index       *ship.Index   // the replica as the uploader and the leveler see it
+	counted     *ship.Counted // requests made to the replica
 
 	log     *slog.Logger
 	mu      sync.Mutex
@@ -66,7 +68,8 @@ func startReplication(ctx context.Context, c replicaConfig, dd dataDir, store *s
 		return nil, fmt.Errorf("replica %s: %w", replica, err)
 	}
 	r := &replication{sync: c.sync, syncTimeout: c.syncTimeout, log: log, stopped: make(chan struct{})}
-	r.up = ship.NewUploader(store, replica, log, c.opt)
+	r.index, r.counted = wrapReplica(replica)
+	r.up = ship.NewUploader(store, r.index, log, c.opt)
 	if !unreachable {
 		lease, err := ship.AcquireLease(ctx, replica, me, log)
 		if err != nil {
