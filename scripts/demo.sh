@@ -41,13 +41,16 @@ sqlfs_apt_ensure sqlite3:sqlite3
 sqlfs_ensure_fuse_dev
 
 base=$(mktemp -d "${TMPDIR:-/tmp}/sqlfs-demo.XXXXXX")
-data=$base/data mnt=$base/mnt replica=$base/replica
-mkdir -p "$data" "$mnt" "$replica"
-mount_pid='' s3_pid=''
+data=$base/data mnt=$base/mnt replica=$base/replica hist=$base/hist
+mkdir -p "$data" "$mnt" "$replica" "$hist"
+mount_pid='' s3_pid='' hist_pid=''
 
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
+	if [[ -n $hist_pid ]]; then
+		sqlfs_stop_mount "$hist_pid" "$hist" || rc=1
+	fi
 	if [[ -n $mount_pid ]]; then
 		sqlfs_stop_mount "$mount_pid" "$mnt" || rc=1
 	fi
@@ -59,7 +62,7 @@ cleanup() {
 		sqlfs_say "last lines of the sqlfs log:"
 		tail -n 20 "$base/mount.log" >&2
 	fi
-	sqlfs_remove_unless_mounted "$base" "$mnt"
+	sqlfs_remove_unless_mounted "$base" "$mnt" "$hist"
 	exit "$rc"
 }
 trap cleanup EXIT
@@ -139,8 +142,20 @@ check=$(sqlite3 "$base/restored.db" "PRAGMA integrity_check")
 echo "restored.db: $got rows (want $want), integrity_check: $check"
 [[ $got == "$want" && $check == ok ]] || sqlfs_die "the restore at TXID $txid is not what was committed"
 
-# TODO(historical mounts): once `sqlfs mount -at-txid TXID` exists, also mount
-# this TXID read-only and query it in place, without restoring.
+step "Mount TXID $txid read-only beside the live mount, and query it in place"
+echo "\$ sqlfs mount -at-txid $txid -data $data -db app.db $hist &"
+sqlfs mount -at-txid "$txid" -data "$data" -db app.db "$hist" >"$base/hist.log" 2>&1 &
+hist_pid=$!
+sqlfs_wait_mount "$hist" "$hist_pid" 30
+show sqlite3 "$hist/app.db" "SELECT count(*) FROM notes"
+got=$(sqlite3 "$hist/app.db" "SELECT count(*) FROM notes")
+[[ $got == "$want" ]] || sqlfs_die "the historical mount of TXID $txid shows $got rows, want $want"
+if sqlite3 "$hist/app.db" "INSERT INTO notes (body) VALUES ('x')" 2>/dev/null; then
+	sqlfs_die "a write through the historical mount succeeded"
+fi
+echo "historical app.db: $got rows (want $want); writing to it fails (read-only)"
+sqlfs_stop_mount "$hist_pid" "$hist"
+hist_pid=
 
 step "Restore the latest state"
 show sqlfs restore -o "$base/latest.db" -data "$data" -db app.db

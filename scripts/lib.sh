@@ -183,14 +183,19 @@ sqlfs_pgrp_pids() {
 # sqlfs_elapsed START prints the seconds since START (an $EPOCHREALTIME value).
 sqlfs_elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
-# sqlfs_remove_unless_mounted BASE MNT removes the temp dir BASE, unless MNT
-# (inside it) is still mounted: then it is left for a person to look at.
+# sqlfs_remove_unless_mounted BASE MNT... removes the temp dir BASE, unless one
+# of the MNTs (inside it) is still mounted: then it is left for a person to
+# look at.
 sqlfs_remove_unless_mounted() {
-	if [[ -n $(sqlfs_mount_fstype "$2") ]]; then
-		sqlfs_say "leaving $1 in place: $2 is still mounted"
-	else
-		rm -rf "$1"
-	fi
+	local dir=$1 m
+	shift
+	for m in "$@"; do
+		if [[ -n $(sqlfs_mount_fstype "$m") ]]; then
+			sqlfs_say "leaving $dir in place: $m is still mounted"
+			return
+		fi
+	done
+	rm -rf "$dir"
 }
 
 # sqlfs_build_cmd OUTDIR builds ./cmd/sqlfs into OUTDIR/sqlfs (from the repo root).
