@@ -504,7 +504,11 @@ func (u *Uploader) Close(timeout time.Duration) map[string]int {
 
 func (u *Uploader) pendingLocked() bool {
 	for _, st := range u.dbs {
-		if st.local > st.pos && !st.starting && !errors.Is(st.err, ErrDiverged) {
+		switch {
+		case errors.Is(st.err, ErrDiverged):
+		case st.starting && st.err == nil:
+			return true // a database created while mounted: its position is still being read
+		case !st.starting && st.local > st.pos:
 			return true
 		}
 	}

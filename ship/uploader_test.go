@@ -216,3 +216,37 @@ func TestUploaderPutRateShipsTheLast(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// slowListing is a file replica whose listings take a while, as a remote
+// replica's may (fault injection: a file replica answers at once).
+type slowListing struct{ *FileReplica }
+
+func (r slowListing) LTXFiles(ctx context.Context, db string, level int) ([]*ltx.FileInfo, error) {
+	time.Sleep(300 * time.Millisecond)
+	return r.FileReplica.LTXFiles(ctx, db, level)
+}
+
+// TestUploaderCloseWaitsForNewDatabase: a database created while mounted
+// has its replica position looked up in the background; a clean stop that
+// comes before that lookup finished still ships its commits.
+func TestUploaderCloseWaitsForNewDatabase(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	store := OpenStore(t.TempDir(), log)
+	defer store.Close()
+	replica := NewFileReplica(t.TempDir())
+	u := NewUploader(store, slowListing{replica}, log, Options{})
+	store.OnAppend = u.Notify
+	for txid := ltx.TXID(1); txid <= 3; txid++ {
+		appendTX(t, store, txid, false)
+	}
+	if pending := u.Close(10 * time.Second); len(pending) != 0 {
+		t.Fatalf("pending after a clean stop: %v", pending)
+	}
+	infos, err := replica.LTXFiles(context.Background(), "app.db", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(infos) == 0 || infos[len(infos)-1].MaxTXID != 3 {
+		t.Fatalf("replica holds %s after a clean stop, want up to txid 3", rangesOf(infos))
+	}
+}
