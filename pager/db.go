@@ -210,7 +210,11 @@ func (db *DB) Sync(kind FileKind) error {
 				return err
 			}
 		}
-		return db.sink.Sync()
+		if err := db.sink.Sync(); err != nil {
+			return err
+		}
+		db.tail.unsynced = false
+		return nil
 	})
 }
 

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"io"
 	"time"
-
-	"github.com/superfly/ltx"
 )
 
 // Watch mode: the WAL is written by the kernel straight to the backing file
@@ -48,13 +46,13 @@ func (db *DB) walSettle() error {
 	if _, err := db.walCatchUp(); err != nil {
 		return err
 	}
-	if db.txid == db.tail.synced {
-		return nil
+	if !db.tail.unsynced {
+		return nil // nothing read back from the WAL since history was last made durable
 	}
 	if err := db.sink.Sync(); err != nil {
 		return err
 	}
-	db.tail.synced = db.txid
+	db.tail.unsynced = false
 	return nil
 }
 
@@ -81,9 +79,9 @@ func (db *DB) Tail() (retry time.Duration, err error) {
 
 // tailState is watch mode's bookkeeping between notifications.
 type tailState struct {
-	next   time.Time // no change-notified scan before this
-	synced ltx.TXID  // history is durable up to here
-	buf    []byte
+	next     time.Time // no change-notified scan before this
+	unsynced bool      // commits were read back from the WAL since history was last made durable
+	buf      []byte
 }
 
 // walCatchUp reads the backing WAL from the first frame after the last commit
@@ -158,6 +156,9 @@ func (db *DB) walCommitAt(k int, head, page []byte) (bool, error) {
 	w.pending, w.cand = w.pending[:0], k
 	err := db.walTryCommit(head, page)
 	w.cand = 0
+	if w.last == k {
+		db.tail.unsynced = true
+	}
 	return w.last == k, err
 }
 
