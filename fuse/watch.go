@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 	"unsafe"
 
@@ -113,8 +112,8 @@ func (l *Live) watchLoop(f *os.File, log *slog.Logger) {
 
 // walDB returns the running capture whose WAL is called name, if any.
 func (l *Live) walDB(name string) *pager.DB {
-	db, ok := strings.CutSuffix(name, "-wal")
-	if !ok || db == "" {
+	db, kind, ok := classify(name)
+	if !ok || kind != pager.FileWAL {
 		return nil
 	}
 	l.mu.Lock()
