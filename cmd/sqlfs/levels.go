@@ -75,11 +75,13 @@ type leveling struct {
 	log     *slog.Logger
 }
 
-// wrapReplica puts the request counter and the in-memory index in front of
-// a replica; the uploader and the leveler share the result.
-func wrapReplica(r ship.ReplicaClient) (*ship.Index, *ship.Counted) {
+// wrapReplica puts the request counter, the lease guard and the in-memory
+// index in front of a replica; the uploader and the leveler share the
+// index, and the lease is read and written through the counter.
+func wrapReplica(r ship.ReplicaClient) (*ship.Index, *ship.Leased, *ship.Counted) {
 	c := ship.NewCounted(r)
-	return ship.NewIndex(c), c
+	g := ship.NewLeased(c)
+	return ship.NewIndex(g), g, c
 }
 
 // startLeveling starts compaction and retention. It chains itself into
