@@ -62,8 +62,9 @@ func startReplication(ctx context.Context, c replicaConfig, dd dataDir, store *s
 	// A replica that answers with an error (no such bucket, bad credentials)
 	// is a mistake to report now; one that cannot be reached is an outage
 	// the uploader rides out.
+	index, leased, counted := wrapReplica(replica)
 	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	_, err = replica.Databases(lctx)
+	_, err = counted.Databases(lctx)
 	cancel()
 	var netErr *net.OpError
 	unreachable := errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded)
@@ -76,7 +77,7 @@ func startReplication(ctx context.Context, c replicaConfig, dd dataDir, store *s
 	}
 	r := &replication{sync: c.sync, syncTimeout: c.syncTimeout, timing: timing, log: log,
 		lost: make(chan struct{}), stopped: make(chan struct{})}
-	r.index, r.leased, r.counted = wrapReplica(replica)
+	r.index, r.leased, r.counted = index, leased, counted
 	r.up = ship.NewUploader(store, r.index, log, c.opt)
 	if !unreachable {
 		lease, err := timing.Acquire(ctx, r.counted, me, log)
@@ -248,6 +249,7 @@ func (r *replication) stop(timeout time.Duration, log *slog.Logger) {
 		"merged_commits", st.MergedCommits, "failed_uploads", st.Failures)
 	close(r.stopped)
 	r.releaseLease()
+	logRequests(r.counted, log)
 }
 
 // releaseLease removes the replica lease, if this mount holds it.
