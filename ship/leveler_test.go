@@ -376,3 +376,37 @@ func TestLevelerRetriesWithBackoff(t *testing.T) {
 		t.Fatal("txid 5 restores differently from level 1")
 	}
 }
+
+// Once a database's history is compacted and snapshotted, passes with every
+// level due and a snapshot due make no request: the listing is in memory,
+// and an unchanged database gets no second snapshot.
+func TestIdlePassMakesNoRequests(t *testing.T) {
+	ctx := context.Background()
+	h := newPageHistory(t)
+	counted := ship.NewCounted(h.rep)
+	h.idx = ship.NewIndex(counted)
+	lev := ship.NewLeveler(ship.LevelerConfig{
+		Target: h.idx,
+		Levels: ship.Levels{Intervals: []time.Duration{time.Second, 2 * time.Second}, Snapshot: time.Hour, RetentionL0: time.Hour, Retention: 2 * time.Hour},
+		Plan:   restore.Plan,
+		Log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	for i := 0; i < 5; i++ {
+		h.commit(2, map[uint32][]byte{1: fill(byte(i))})
+	}
+	if err := lev.Pass(ctx, h.db, time.Now(), []bool{true, true}, true); err != nil {
+		t.Fatal(err)
+	}
+	before := counted.Counts()
+	for i := 1; i <= 3; i++ {
+		if err := lev.Pass(ctx, h.db, time.Now().Add(time.Duration(i)*time.Minute), []bool{true, true}, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := counted.Counts(); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("idle passes made requests: %v, then %v", before, after)
+	}
+	if snaps, _ := h.rep.LTXFiles(ctx, h.db, ship.SnapshotLevel); len(snaps) != 1 {
+		t.Fatalf("%d snapshots of an unchanged database, want 1", len(snaps))
+	}
+}
