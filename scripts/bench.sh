@@ -32,6 +32,8 @@ Usage: scripts/bench.sh [-duration 3s] [-rounds 3] [-workloads LIST] [-dir DIR] 
                   rate with a replica against without
   -replication-only  only that section
   -lag-duration D how long each lag run commits at its pace (default 10s)
+  -levels-only [ARGS]  only scripts/bench_levels.sh ARGS: restore time against history
+                  length, and S3 requests per hour idle and at 10 commits/s
 
 Environment: SQLFS_BIN=PATH benchmarks that sqlfs binary instead of building one.
 EOF
@@ -61,6 +63,7 @@ while (($#)); do
 	replication | -replication) replication=1 ;;
 	replication-only | -replication-only) replication=1 workloads=() ;;
 	lag-duration | -lag-duration) lag_duration=${2:?-lag-duration needs a value}; shift ;;
+	levels-only | -levels-only) shift; exec "$(dirname "${BASH_SOURCE[0]}")/bench_levels.sh" "$@" ;;
 	*) usage >&2; sqlfs_die "unknown argument $1" ;;
 	esac
 	shift

@@ -36,17 +36,19 @@ replication_cleanup() {
 	return "$rc"
 }
 
-# start_versitygw starts versitygw on a free loopback port and sets vgw_port.
+# start_versitygw [FLAG...] starts versitygw (with FLAGs too) on a free
+# loopback port and sets vgw_port.
 # --keep-alive, as S3 itself does: by default versitygw closes the connection
 # after each request, which costs a TCP handshake per PUT. --quiet: no log
 # line per request.
+# shellcheck disable=SC2120 # bench_levels.sh passes flags
 start_versitygw() {
 	local vgw deadline
 	vgw=$(sqlfs_install_versitygw)
 	mkdir -p "$base/s3/backup"
 	for _ in 1 2 3 4 5; do
 		vgw_port=$((20000 + RANDOM % 40000))
-		"$vgw" --keep-alive --quiet --access bench --secret benchsecret --port "127.0.0.1:$vgw_port" posix "$base/s3" >"$base/versitygw.log" 2>&1 &
+		"$vgw" --keep-alive --quiet "$@" --access bench --secret benchsecret --port "127.0.0.1:$vgw_port" posix "$base/s3" >"$base/versitygw.log" 2>&1 &
 		vgw_pid=$!
 		deadline=$((SECONDS + 10))
 		while sqlfs_proc_alive "$vgw_pid" && ((SECONDS < deadline)); do

@@ -49,41 +49,139 @@ func (s fileSource) read(ctx context.Context, db string, fi *ltx.FileInfo) ([]by
 	return data, nil
 }
 
-// compactLTX merges LTX files whose TXIDs chain (oldest first) into one
-// with ltx.Compactor: the newest version of each page, the first file's
-// pre-apply checksum and the last file's post-apply checksum and commit
-// time. Every input is decoded and verified first, a window the Compactor
-// would not merge exactly is refused (ErrUnsafeWindow), and the result is
-// verified against the inputs (see checkMerged) before it is returned.
+// compactLTX merges LTX files whose TXIDs chain (oldest first) into one:
+// the newest version of each page up to the last file's size, the first
+// file's pre-apply checksum and the last file's post-apply checksum and
+// commit time. Each input is decoded once, in one pass that merges them and
+// verifies each as it goes (its file checksum, and the checksum chain
+// between them); a window whose merge would differ from replaying it is
+// refused (an *unsafeWindowError, ErrUnsafeWindow to errors.Is), and the
+// result is checked against the inputs (checkMerged) before it is returned.
 func compactLTX(ctx context.Context, inputs [][]byte) ([]byte, ltx.Header, error) {
+	if len(inputs) == 0 {
+		return nil, ltx.Header{}, errors.New("nothing to merge")
+	}
+	type input struct {
+		dec  *ltx.Decoder
+		ph   ltx.PageHeader // the page in buf; zero when none is read
+		buf  []byte
+		done bool
+	}
+	ins := make([]*input, len(inputs))
 	sums := make([]ltxSummary, len(inputs))
-	rdrs := make([]io.Reader, len(inputs))
 	for i, b := range inputs {
-		var err error
-		if sums[i], err = readSummary(b); err != nil {
+		dec := ltx.NewDecoder(bytes.NewReader(b))
+		dec.SetRetainPageIndex(false)
+		if err := dec.DecodeHeader(); err != nil {
 			return nil, ltx.Header{}, fmt.Errorf("input %d: %w", i, err)
 		}
-		if i > 0 && sums[i].hdr.PreApplyChecksum != sums[i-1].trailer.PostApplyChecksum {
-			return nil, ltx.Header{}, fmt.Errorf("txid %s does not continue txid %s: checksum chain broken", sums[i].hdr.MinTXID, sums[i-1].hdr.MaxTXID)
+		sums[i].hdr = dec.Header()
+		if i > 0 {
+			prev := sums[i-1].hdr
+			if sums[i].hdr.PageSize != prev.PageSize {
+				return nil, ltx.Header{}, fmt.Errorf("txid %s has page size %d, txid %s %d", sums[i].hdr.MinTXID, sums[i].hdr.PageSize, prev.MaxTXID, prev.PageSize)
+			}
+			if sums[i].hdr.MinTXID != prev.MaxTXID+1 {
+				return nil, ltx.Header{}, fmt.Errorf("txid %s does not follow txid %s", sums[i].hdr.MinTXID, prev.MaxTXID)
+			}
 		}
-		rdrs[i] = bytes.NewReader(b)
+		ins[i] = &input{dec: dec, buf: make([]byte, sums[i].hdr.PageSize)}
 	}
-	if err := checkWindow(sums); err != nil {
-		return nil, ltx.Header{}, err
-	}
+	first, last := sums[0].hdr, sums[len(sums)-1].hdr
+	hdr := ltx.Header{Version: ltx.Version, PageSize: first.PageSize, Commit: last.Commit,
+		MinTXID: first.MinTXID, MaxTXID: last.MaxTXID, Timestamp: last.Timestamp, PreApplyChecksum: first.PreApplyChecksum}
 	var out bytes.Buffer
-	c, err := ltx.NewCompactor(&out, rdrs)
+	enc, err := ltx.NewEncoder(&out)
 	if err != nil {
 		return nil, ltx.Header{}, err
 	}
-	defer c.Cleanup()
-	if err := c.Compact(ctx); err != nil {
+	defer enc.Cleanup()
+	if err := enc.EncodeHeader(hdr); err != nil {
+		return nil, ltx.Header{}, err
+	}
+	// Merge the page blocks (each ascending by page number): at each step
+	// the lowest page any input has next, taken from the newest input that
+	// has it.
+	for n := 0; ; n++ {
+		if n%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, ltx.Header{}, err
+			}
+		}
+		var pgno uint32
+		for i, in := range ins {
+			if in.ph.Pgno == 0 && !in.done {
+				if err := in.dec.DecodePage(&in.ph, in.buf); err == io.EOF {
+					in.done = true
+					continue
+				} else if err != nil {
+					return nil, ltx.Header{}, fmt.Errorf("input %d (txid %s): %w", i, sums[i].hdr.MaxTXID, err)
+				}
+				sums[i].pgnos = append(sums[i].pgnos, in.ph.Pgno)
+			}
+			if !in.done && (pgno == 0 || in.ph.Pgno < pgno) {
+				pgno = in.ph.Pgno
+			}
+		}
+		if pgno == 0 {
+			break
+		}
+		written := false
+		for i := len(ins) - 1; i >= 0; i-- {
+			in := ins[i]
+			if in.done || in.ph.Pgno != pgno {
+				continue
+			}
+			if !written && pgno <= hdr.Commit {
+				if err := enc.EncodePage(in.ph, in.buf); err != nil {
+					return nil, ltx.Header{}, err
+				}
+			}
+			written = true
+			in.ph = ltx.PageHeader{}
+		}
+	}
+	for i, in := range ins {
+		if err := in.dec.Close(); err != nil { // the file checksum
+			return nil, ltx.Header{}, fmt.Errorf("input %d (txid %s): %w", i, sums[i].hdr.MaxTXID, err)
+		}
+		sums[i].trailer = in.dec.Trailer()
+		if i > 0 && sums[i].hdr.PreApplyChecksum != sums[i-1].trailer.PostApplyChecksum {
+			return nil, ltx.Header{}, fmt.Errorf("txid %s does not continue txid %s: checksum chain broken", sums[i].hdr.MinTXID, sums[i-1].hdr.MaxTXID)
+		}
+	}
+	if err := checkWindow(sums); err != nil {
+		return nil, ltx.Header{}, &unsafeWindowError{err: err, safe: safePrefix(sums)}
+	}
+	enc.SetPostApplyChecksum(sums[len(sums)-1].trailer.PostApplyChecksum)
+	if err := enc.Close(); err != nil {
 		return nil, ltx.Header{}, err
 	}
 	if err := checkMerged(out.Bytes(), sums[0], sums[len(sums)-1]); err != nil {
 		return nil, ltx.Header{}, err
 	}
-	return out.Bytes(), c.Header(), nil
+	return out.Bytes(), enc.Header(), nil
+}
+
+// unsafeWindowError refuses a window (see checkWindow); its first safe
+// inputs can be merged.
+type unsafeWindowError struct {
+	err  error
+	safe int
+}
+
+func (e *unsafeWindowError) Error() string { return e.err.Error() }
+func (e *unsafeWindowError) Unwrap() error { return e.err }
+
+// safePrefix returns the length of the longest prefix of a refused window
+// that merges exactly (at least 1: one file is its own merge).
+func safePrefix(sums []ltxSummary) int {
+	for n := len(sums) - 1; n > 1; n-- {
+		if checkWindow(sums[:n]) == nil {
+			return n
+		}
+	}
+	return 1
 }
 
 // checkSnapshot verifies that an LTX file holding a whole database (every

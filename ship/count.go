@@ -11,7 +11,8 @@ import (
 
 // Counted is a ReplicaClient that counts the calls made to the replica
 // behind it, one per operation (a listing of many pages counts once).
-// Benchmarks and the log at unmount report them.
+// Benchmarks and the log at unmount report them. The lease's reads and
+// writes count as gets and puts.
 type Counted struct {
 	ReplicaClient
 	n [numOps]atomic.Int64
@@ -79,4 +80,19 @@ func (c *Counted) PutLTX(ctx context.Context, db string, level int, minTXID, max
 func (c *Counted) DeleteLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) error {
 	c.n[OpDelete].Add(1)
 	return c.ReplicaClient.DeleteLTX(ctx, db, level, minTXID, maxTXID)
+}
+
+func (c *Counted) ReadLease(ctx context.Context) ([]byte, string, error) {
+	c.n[OpGet].Add(1)
+	return c.ReplicaClient.ReadLease(ctx)
+}
+
+func (c *Counted) WriteLease(ctx context.Context, data []byte, ifMatch string) (string, error) {
+	c.n[OpPut].Add(1)
+	return c.ReplicaClient.WriteLease(ctx, data, ifMatch)
+}
+
+func (c *Counted) DeleteLease(ctx context.Context, ifMatch string) error {
+	c.n[OpDelete].Add(1)
+	return c.ReplicaClient.DeleteLease(ctx, ifMatch)
 }

@@ -115,6 +115,19 @@ func (x *Index) ensure(ctx context.Context, db string, level int, li *levelIndex
 	return nil
 }
 
+// Forget drops what the Index remembers of db: the next use of each level
+// lists the replica again. The leveler calls it after a failure, in case the
+// memory no longer matches the replica (a file removed behind its back).
+func (x *Index) Forget(db string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for k, li := range x.levels {
+		if k.db == db {
+			li.loaded, li.files, li.pending, li.deleted = false, nil, nil, map[[2]ltx.TXID]bool{}
+		}
+	}
+}
+
 // Observe records a file written to the replica without going through the
 // Index.
 func (x *Index) Observe(db string, fi *ltx.FileInfo) {

@@ -104,6 +104,23 @@ func (l *Leveler) Close() {
 
 func align(now time.Time, d time.Duration) time.Time { return now.Truncate(d).Add(d) }
 
+// backoff is a database whose last pass failed: it is retried on its own at
+// at, with every level due, and left out of the scheduled passes until then.
+type backoff struct {
+	fails int
+	at    time.Time
+	snap  bool // the failed pass was to take a snapshot
+}
+
+// retryBackoff is the wait before retry number fails: the level-1 interval
+// (the tick), doubling, at most maxRetryBackoff (or the tick if longer).
+func retryBackoff(tick time.Duration, fails int) time.Duration {
+	d := tick << min(fails-1, 16)
+	return min(d, max(maxRetryBackoff, tick))
+}
+
+const maxRetryBackoff = 30 * time.Minute
+
 func (l *Leveler) run() {
 	defer close(l.done)
 	lv := l.cfg.Levels
@@ -114,6 +131,7 @@ func (l *Leveler) run() {
 	}
 	nextSnap := align(now, lv.Snapshot)
 	nextTick := align(now, lv.tick())
+	retries := map[string]*backoff{}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -121,6 +139,11 @@ func (l *Leveler) run() {
 		for _, t := range append(next, nextTick) {
 			if t.Before(wake) {
 				wake = t
+			}
+		}
+		for _, r := range retries {
+			if r.at.Before(wake) {
+				wake = r.at
 			}
 		}
 		timer.Reset(time.Until(wake))
@@ -132,17 +155,18 @@ func (l *Leveler) run() {
 		}
 		now = time.Now()
 		due := make([]bool, len(next))
+		scheduled := false
 		for i, t := range next {
 			if !now.Before(t) {
-				due[i], next[i] = true, align(now, lv.Intervals[i])
+				due[i], next[i], scheduled = true, align(now, lv.Intervals[i]), true
 			}
 		}
 		snap := !now.Before(nextSnap)
 		if snap {
-			nextSnap = align(now, lv.Snapshot)
+			nextSnap, scheduled = align(now, lv.Snapshot), true
 		}
 		if !now.Before(nextTick) {
-			nextTick = align(now, lv.tick())
+			nextTick, scheduled = align(now, lv.tick()), true
 		}
 		l.mu.Lock()
 		dbs := make([]string, 0, len(l.dbs))
@@ -151,13 +175,52 @@ func (l *Leveler) run() {
 		}
 		l.mu.Unlock()
 		slices.Sort(dbs)
+		all := make([]bool, len(next))
+		for i := range all {
+			all[i] = true
+		}
 		for _, db := range dbs {
-			if err := l.Pass(l.ctx, db, now, due, snap); err != nil && l.ctx.Err() == nil {
-				l.mu.Lock()
-				l.stats.Errors++
-				l.mu.Unlock()
-				l.cfg.Log.Warn("compaction or retention failed; retrying at the next interval", "db", db, "replica", l.cfg.Target.String(), "err", err)
+			r := retries[db]
+			dbDue, dbSnap := due, snap
+			if r != nil {
+				if now.Before(r.at) {
+					continue // backing off
+				}
+				dbDue, dbSnap = all, snap || r.snap
+			} else if !scheduled {
+				continue
 			}
+			err := l.Pass(l.ctx, db, now, dbDue, dbSnap)
+			if l.ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, ErrLeaseLost) {
+				l.cfg.Log.Error("compaction and retention stopped: another sqlfs holds the replica lease", "replica", l.cfg.Target.String())
+				return
+			}
+			if err == nil {
+				if r != nil {
+					l.cfg.Log.Info("compaction and retention work again", "db", db, "replica", l.cfg.Target.String(), "after_failures", r.fails)
+					delete(retries, db)
+				}
+				continue
+			}
+			if r == nil {
+				r = &backoff{}
+				retries[db] = r
+			}
+			r.fails++
+			r.snap = dbSnap
+			wait := retryBackoff(lv.tick(), r.fails)
+			r.at = time.Now().Add(wait)
+			l.mu.Lock()
+			l.stats.Errors++
+			l.mu.Unlock()
+			// The listing in memory may be what is wrong (a file gone
+			// from the replica): the retry lists the replica again.
+			l.cfg.Target.Forget(db)
+			l.cfg.Log.Warn("compaction or retention failed; retrying", "db", db, "replica", l.cfg.Target.String(),
+				"err", err, "attempt", r.fails, "retry_in", wait.Round(time.Millisecond))
 		}
 	}
 }
@@ -170,14 +233,7 @@ func (l *Leveler) Pass(ctx context.Context, db string, now time.Time, due []bool
 		if !d {
 			continue
 		}
-		err := l.compactLevel(ctx, db, i+1)
-		if errors.Is(err, ErrUnsafeWindow) {
-			// Level 0 stays as it is: retention cuts it only where
-			// levels above reach, and they stop before this window.
-			l.cfg.Log.Warn("compaction refused; the commits stay uncompacted", "db", db, "level", i+1, "replica", l.cfg.Target.String(), "why", err)
-			snap = false
-			break
-		} else if err != nil {
+		if err := l.compactLevel(ctx, db, i+1); err != nil {
 			return fmt.Errorf("compact level %d of %s: %w", i+1, db, err)
 		}
 	}
@@ -239,10 +295,11 @@ func (l *Leveler) compactLevel(ctx context.Context, db string, n int) error {
 			size += chain[k].Size
 			k++
 		}
-		if err := l.writeLevel(ctx, db, n, chain[:k]); err != nil {
+		merged, err := l.writeLevel(ctx, db, n, chain[:k])
+		if err != nil {
 			return err
 		}
-		chain = chain[k:]
+		chain = chain[merged:]
 	}
 	return nil
 }
@@ -276,27 +333,40 @@ func chainFrom(files []*ltx.FileInfo, pos ltx.TXID) []*ltx.FileInfo {
 	return chain
 }
 
-// writeLevel merges files into one level n file and puts it.
-func (l *Leveler) writeLevel(ctx context.Context, db string, n int, files []*ltx.FileInfo) error {
+// writeLevel merges files, or the longest prefix of them that merges
+// exactly (see checkWindow), into one level n file and puts it. It returns
+// how many of files the level file covers.
+func (l *Leveler) writeLevel(ctx context.Context, db string, n int, files []*ltx.FileInfo) (int, error) {
 	minTXID, maxTXID := files[0].MinTXID, files[len(files)-1].MaxTXID
 	data, err := l.localCopy(db, n, minTXID, maxTXID)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if data == nil {
 		inputs := make([][]byte, len(files))
 		for i, fi := range files {
 			if inputs[i], err = l.src.read(ctx, db, fi); err != nil {
-				return err
+				return 0, err
 			}
 		}
-		if data, _, err = compactLTX(ctx, inputs); err != nil {
-			return fmt.Errorf("merge %s through %s: %w", minTXID, maxTXID, err)
+		data, _, err = compactLTX(ctx, inputs)
+		var unsafe *unsafeWindowError
+		if errors.As(err, &unsafe) {
+			// The window cannot become one file; it becomes two or more,
+			// split where the database shrank, and compaction goes on.
+			files, inputs = files[:unsafe.safe], inputs[:unsafe.safe]
+			l.cfg.Log.Warn("compaction window split: merging it whole would not reproduce it", "db", db, "level", n,
+				"from", minTXID, "to", maxTXID, "first_part_to", files[len(files)-1].MaxTXID, "replica", l.cfg.Target.String(), "why", err)
+			maxTXID = files[len(files)-1].MaxTXID
+			data, _, err = compactLTX(ctx, inputs)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("merge %s through %s: %w", minTXID, maxTXID, err)
 		}
 	} else if err := l.checkCopy(ctx, db, data, files); err != nil {
-		return fmt.Errorf("local copy of level %d file %s through %s: %w", n, minTXID, maxTXID, err)
+		return 0, fmt.Errorf("local copy of level %d file %s through %s: %w", n, minTXID, maxTXID, err)
 	}
-	return l.put(ctx, db, n, minTXID, maxTXID, data)
+	return len(files), l.put(ctx, db, n, minTXID, maxTXID, data)
 }
 
 // checkCopy verifies a file taken from the local store against the first

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -200,9 +201,10 @@ func TestCompactShrinkThenGrow(t *testing.T) {
 }
 
 // A history whose growth does not carry the pages between the old and the
-// new end cannot be compacted exactly: the window is refused, level 0 stays
-// and still restores exactly.
-func TestCompactRefusesUncarriedGrowth(t *testing.T) {
+// new end cannot be compacted exactly as one window: the window is split
+// where the database shrank, compaction goes on past it, and every TXID at
+// a boundary restores exactly from the level files alone.
+func TestCompactSplitsUncarriedGrowth(t *testing.T) {
 	h := newPageHistory(t)
 	var log bytes.Buffer
 	lev := h.leveler(&log)
@@ -213,16 +215,21 @@ func TestCompactRefusesUncarriedGrowth(t *testing.T) {
 	if err := lev.Pass(context.Background(), h.db, time.Now().Add(time.Hour), []bool{true}, false); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(log.String(), "compaction refused") || !strings.Contains(log.String(), "is not written again") {
-		t.Fatalf("log does not say why the window was refused:\n%s", log.String())
+	if !strings.Contains(log.String(), "compaction window split") || !strings.Contains(log.String(), "is not written again") {
+		t.Fatalf("log does not say why the window was split:\n%s", log.String())
 	}
 	l1, _ := h.rep.LTXFiles(context.Background(), h.db, 1)
+	var got []string
 	for _, fi := range l1 {
-		if fi.MaxTXID > 4 {
-			t.Fatalf("level 1 has %s-%s past the refused window", fi.MinTXID, fi.MaxTXID)
-		}
+		got = append(got, fmt.Sprintf("%d-%d", fi.MinTXID, fi.MaxTXID))
 	}
-	for txid := h.txid - 1; txid <= h.txid; txid++ {
+	if strings.Join(got, " ") != "1-1 2-5 6-6" {
+		t.Fatalf("level 1 holds %v, want 1-1 2-5 6-6", got)
+	}
+	for _, txid := range []ltx.TXID{5, 6} {
+		if got := restoreBytes(t, onlyLevels(t, h, 1), h.db, txid); !bytes.Equal(got, h.states[txid]) {
+			t.Fatalf("txid %s restores differently from level 1", txid)
+		}
 		if got := restoreBytes(t, h.rep, h.db, txid); !bytes.Equal(got, h.states[txid]) {
 			t.Fatalf("txid %s restores differently after retention", txid)
 		}
@@ -319,5 +326,87 @@ func TestRetentionIgnoresUnverifiedLevelFiles(t *testing.T) {
 	}
 	if got := restoreBytes(t, onlyLevels(t, h, 0), h.db, 3); !bytes.Equal(got, h.states[3]) {
 		t.Fatal("txid 3 does not restore from level 0")
+	}
+}
+
+// A compaction that fails (here: an input removed from the replica behind
+// the leveler's back) is retried with backoff and logged, with the replica
+// listed again, and compaction goes on with what is there.
+func TestLevelerRetriesWithBackoff(t *testing.T) {
+	ctx := context.Background()
+	h := newPageHistory(t)
+	var log ship.SyncLog
+	h.idx = ship.NewIndex(h.rep)
+	lev := ship.NewLeveler(ship.LevelerConfig{
+		Target: h.idx,
+		Levels: ship.Levels{Intervals: []time.Duration{100 * time.Millisecond}, Snapshot: time.Hour, RetentionL0: time.Hour, Retention: 2 * time.Hour},
+		Plan:   restore.Plan,
+		Log:    slog.New(slog.NewTextHandler(&log, nil)),
+	})
+	for i := 0; i < 6; i++ {
+		h.commit(2, map[uint32][]byte{1: fill(byte(i))})
+	}
+	// The leveler lists the replica: its memory now holds all six.
+	if err := lev.Pass(ctx, h.db, time.Now(), []bool{false}, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(h.rep.Root, ship.LTXPath(h.db, 0, 6, 6))); err != nil {
+		t.Fatal(err)
+	}
+	lev.Add(h.db)
+	lev.Start()
+	defer lev.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l1, _ := h.rep.LTXFiles(ctx, h.db, 1)
+		if len(l1) == 1 && l1[0].MinTXID == 1 && l1[0].MaxTXID == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("level 1 holds %v, want 1-5; log:\n%s", l1, log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out := log.String()
+	if !strings.Contains(out, "compaction or retention failed; retrying") || !strings.Contains(out, "retry_in=100ms") ||
+		!strings.Contains(out, "compaction and retention work again") {
+		t.Fatalf("log does not show the retry:\n%s", out)
+	}
+	if got := restoreBytes(t, onlyLevels(t, h, 1), h.db, 5); !bytes.Equal(got, h.states[5]) {
+		t.Fatal("txid 5 restores differently from level 1")
+	}
+}
+
+// Once a database's history is compacted and snapshotted, passes with every
+// level due and a snapshot due make no request: the listing is in memory,
+// and an unchanged database gets no second snapshot.
+func TestIdlePassMakesNoRequests(t *testing.T) {
+	ctx := context.Background()
+	h := newPageHistory(t)
+	counted := ship.NewCounted(h.rep)
+	h.idx = ship.NewIndex(counted)
+	lev := ship.NewLeveler(ship.LevelerConfig{
+		Target: h.idx,
+		Levels: ship.Levels{Intervals: []time.Duration{time.Second, 2 * time.Second}, Snapshot: time.Hour, RetentionL0: time.Hour, Retention: 2 * time.Hour},
+		Plan:   restore.Plan,
+		Log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	for i := 0; i < 5; i++ {
+		h.commit(2, map[uint32][]byte{1: fill(byte(i))})
+	}
+	if err := lev.Pass(ctx, h.db, time.Now(), []bool{true, true}, true); err != nil {
+		t.Fatal(err)
+	}
+	before := counted.Counts()
+	for i := 1; i <= 3; i++ {
+		if err := lev.Pass(ctx, h.db, time.Now().Add(time.Duration(i)*time.Minute), []bool{true, true}, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := counted.Counts(); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("idle passes made requests: %v, then %v", before, after)
+	}
+	if snaps, _ := h.rep.LTXFiles(ctx, h.db, ship.SnapshotLevel); len(snaps) != 1 {
+		t.Fatalf("%d snapshots of an unchanged database, want 1", len(snaps))
 	}
 }

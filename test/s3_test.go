@@ -1,6 +1,8 @@
 package test
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sqlfs/sqlfs/ship"
 )
 
 // s3Server is a versitygw process serving a directory over S3 on loopback.
@@ -22,6 +26,9 @@ type s3Server struct {
 	addr     string
 	cmd      *exec.Cmd
 	done     chan struct{}
+	// accessLog is versitygw's access log: one line per request it served,
+	// an account of the requests made to it that owes nothing to sqlfs.
+	accessLog string
 }
 
 const (
@@ -47,7 +54,7 @@ func startS3(t *testing.T) *s3Server {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	s := &s3Server{t: t, bin: bin, dir: t.TempDir(), addr: addr}
+	s := &s3Server{t: t, bin: bin, dir: t.TempDir(), addr: addr, accessLog: filepath.Join(t.TempDir(), "access.log")}
 	if err := os.Mkdir(filepath.Join(s.dir, s3Bucket), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +74,7 @@ func (s *s3Server) url(prefix string) string { return "s3://" + s3Bucket + "/" +
 
 func (s *s3Server) start() {
 	s.t.Helper()
-	s.cmd = exec.Command(s.bin, "--access", s3Access, "--secret", s3Secret, "--port", s.addr, "posix", s.dir)
+	s.cmd = exec.Command(s.bin, "--access", s3Access, "--secret", s3Secret, "--port", s.addr, "--access-log", s.accessLog, "--quiet", "posix", s.dir)
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out := &syncBuffer{}
 	s.cmd.Stdout, s.cmd.Stderr = out, out
@@ -87,6 +94,22 @@ func (s *s3Server) start() {
 	if !ok {
 		s.t.Fatalf("versitygw did not answer on %s:\n%s", s.addr, out)
 	}
+}
+
+// requests returns versitygw's access log from byte offset from on: the
+// request lines served since, and the offset to count from next.
+func (s *s3Server) requests(from int) (lines []string, next int) {
+	s.t.Helper()
+	b, err := os.ReadFile(s.accessLog)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b[from:]), "\n") {
+		if strings.Contains(l, " s3_") {
+			lines = append(lines, l)
+		}
+	}
+	return lines, len(b)
 }
 
 // stop ends the server this test started, by its PID.
@@ -171,4 +194,136 @@ func TestReplicaS3SyncDown(t *testing.T) {
 	db.Close()
 	s3.start()
 	m.Stop()
+}
+
+// leaseTiming shortens the replica lease for the lease tests: TTL 4s,
+// heartbeat 1s, idle after 2s without a write.
+const leaseTiming = "4s,1s,2s"
+
+// readLease returns the replica's lease as JSON fields.
+func readLease(t *testing.T, url string) (map[string]any, string) {
+	t.Helper()
+	r, err := ship.OpenReplica(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, tag, err := r.ReadLease(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h map[string]any
+	if err := json.Unmarshal(data, &h); err != nil {
+		t.Fatal(err)
+	}
+	return h, tag
+}
+
+// TestReplicaLeaseIdle: a mount whose database does not change makes no
+// request at all once its lease is idle and its levels are compacted, as
+// versitygw's access log shows; a second mount on the same machine is
+// refused while the first writes and while it is idle; a mount on another
+// machine takes an idle lease over once it is older than the TTL, and the
+// first mount then stops shipping: its next commit stays local, its
+// -sync-replica fsync fails with EIO, and the replica keeps the new
+// mount's history.
+func TestReplicaLeaseIdle(t *testing.T) {
+	t.Setenv("SQLFS_LEASE_TIMING", leaseTiming)
+	s3, url, data, mnt := newS3Replica(t, "idle")
+	m := startMount(t, data, mnt, "-replica", url, "-sync-replica", "-levels", "1s,2s")
+	sqlite3Cmd(t, m.Path("app.db"), "CREATE TABLE t(x); INSERT INTO t VALUES(1);")
+
+	data2, mnt2 := newDirs(t)
+	if code, out := mountRefused(t, data2, mnt2, "-replica", url); code != 1 || !strings.Contains(out, "is in use by sqlfs") || !strings.Contains(out, "last heartbeat") {
+		t.Fatalf("second mount while the first ships: exit %d:\n%s", code, out)
+	}
+
+	// Settled: the lease is idle and both levels hold the commits.
+	if !waitFor(30*time.Second, func() bool {
+		h, _ := readLease(t, url)
+		total, levels := replicaLevelFiles(t, url, "app.db")
+		return h["state"] == "idle" && levels[2] > 0 && total > 0
+	}) {
+		h, _ := readLease(t, url)
+		t.Fatalf("lease never idle with level 2 written: %v\n%s", h, m.log.String())
+	}
+	_, from := s3.requests(0)
+	const window = 10 * time.Second
+	time.Sleep(window) // the measured window: nothing to wait for, by design
+	if reqs, _ := s3.requests(from); len(reqs) != 0 {
+		t.Fatalf("an idle mount made %d requests in %s:\n%s", len(reqs), window, strings.Join(reqs, "\n"))
+	}
+
+	// Idle, but running here: still refused, and the refusal makes no
+	// write.
+	code, out := mountRefused(t, data2, mnt2, "-replica", url)
+	if code != 1 || !strings.Contains(out, "still runs on this machine") {
+		t.Fatalf("second mount while the first is idle: exit %d:\n%s", code, out)
+	}
+	if h, _ := readLease(t, url); h["state"] != "idle" || int(h["pid"].(float64)) != m.cmd.Process.Pid {
+		t.Fatalf("lease after the refusal: %v", h)
+	}
+
+	// The same lease as a mount on another machine would leave it (a
+	// machine this test cannot run): its boot ID is not ours.
+	h, tag := readLease(t, url)
+	h["boot_id"] = "another-machine"
+	b, _ := json.Marshal(h)
+	r, err := ship.OpenReplica(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.WriteLease(context.Background(), b, tag); err != nil {
+		t.Fatal(err)
+	}
+	// It went idle more than the TTL ago: taken over at once.
+	m2 := startMount(t, data2, mnt2, "-replica", url, "-restore-if-missing")
+	if !strings.Contains(m2.log.String(), "took over the replica lease of an idle mount") || !strings.Contains(m2.log.String(), "data_dir="+data) {
+		t.Fatalf("takeover log:\n%s", m2.log.String())
+	}
+	sqlite3Cmd(t, m2.Path("app.db"), "INSERT INTO t VALUES(2);")
+	want := dbState(t, m2.Path("app.db"))
+	waitReplicaReach(t, url, "app.db", lastTXID(t, data2, "app.db"), 30*time.Second)
+
+	// The first mount's next commit: kept locally, refused as durable.
+	before := lastTXID(t, data, "app.db")
+	cmd := exec.Command("sqlite3", "-bail", m.Path("app.db"), "INSERT INTO t VALUES(99);")
+	out2, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out2), "disk I/O error") {
+		t.Fatalf("commit on the mount that lost the lease: %v: %s", err, out2)
+	}
+	if got := lastTXID(t, data, "app.db"); got <= before {
+		t.Fatalf("local history at txid %d after the refused commit, was %d", got, before)
+	}
+	if !waitFor(10*time.Second, func() bool {
+		return strings.Contains(m.log.String(), "another sqlfs took over the replica lease; this mount no longer ships")
+	}) || !strings.Contains(m.log.String(), "level=ERROR") || !strings.Contains(m.log.String(), "new_data_dir="+data2) {
+		t.Fatalf("first mount's log:\n%s", m.log.String())
+	}
+	// Nothing of the first mount's reached the replica.
+	checkReplicaRestore(t, url, want, "after the old mount's refused commit")
+	if h, _ := readLease(t, url); h["data_dir"] != data2 {
+		t.Fatalf("lease after the old mount's commit: %v", h)
+	}
+	m.Stop()
+	m2.Stop()
+}
+
+// replicaLevelFiles counts db's files in the replica at url, in all and by
+// level.
+func replicaLevelFiles(t *testing.T, url, db string) (int, map[int]int) {
+	t.Helper()
+	r, err := ship.OpenReplica(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total, per := 0, map[int]int{}
+	for level := 0; level <= ship.SnapshotLevel; level++ {
+		files, err := r.LTXFiles(context.Background(), db, level)
+		if err != nil {
+			t.Fatal(err)
+		}
+		per[level] = len(files)
+		total += len(files)
+	}
+	return total, per
 }

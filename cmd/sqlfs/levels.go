@@ -73,13 +73,17 @@ type leveling struct {
 	remote  *ship.Leveler
 	counted *ship.Counted // the replica's request counts
 	log     *slog.Logger
+	stopped chan struct{} // closed by stop
+	done    chan struct{} // closed when reportRequests returns
 }
 
-// wrapReplica puts the request counter and the in-memory index in front of
-// a replica; the uploader and the leveler share the result.
-func wrapReplica(r ship.ReplicaClient) (*ship.Index, *ship.Counted) {
+// wrapReplica puts the request counter, the lease guard and the in-memory
+// index in front of a replica; the uploader and the leveler share the
+// index, and the lease is read and written through the counter.
+func wrapReplica(r ship.ReplicaClient) (*ship.Index, *ship.Leased, *ship.Counted) {
 	c := ship.NewCounted(r)
-	return ship.NewIndex(c), c
+	g := ship.NewLeased(c)
+	return ship.NewIndex(g), g, c
 }
 
 // startLeveling starts compaction and retention. It chains itself into
@@ -87,7 +91,7 @@ func wrapReplica(r ship.ReplicaClient) (*ship.Index, *ship.Counted) {
 // first commit.
 func startLeveling(lv ship.Levels, store *ship.Store, rep *replication, log *slog.Logger) *leveling {
 	localIdx := ship.NewIndex(store.FileReplica)
-	lg := &leveling{log: log}
+	lg := &leveling{log: log, stopped: make(chan struct{}), done: make(chan struct{})}
 	var keep func(string) ltx.TXID
 	if rep != nil {
 		lg.counted = rep.counted
@@ -109,7 +113,46 @@ func startLeveling(lv ship.Levels, store *ship.Store, rep *replication, log *slo
 	if lg.remote != nil {
 		lg.remote.Start()
 	}
+	go lg.reportRequests(requestReport)
 	return lg
+}
+
+// requestReport is how often a mount logs its replica requests, when there
+// were any since the last report: an idle mount logs nothing, as it
+// requests nothing.
+const requestReport = time.Minute
+
+// reportRequests logs the replica's request counts every period in which
+// they changed, until stop.
+func (lg *leveling) reportRequests(period time.Duration) {
+	defer close(lg.done)
+	if lg.counted == nil {
+		return
+	}
+	t := time.NewTicker(period)
+	defer t.Stop()
+	last := lg.counted.Total()
+	for {
+		select {
+		case <-lg.stopped:
+			return
+		case <-t.C:
+		}
+		if n := lg.counted.Total(); n != last {
+			last = n
+			lg.logRequests()
+		}
+	}
+}
+
+// logRequests logs the replica requests so far.
+func (lg *leveling) logRequests() { logRequests(lg.counted, lg.log) }
+
+// logRequests logs the requests c counted so far (replication.stop logs
+// the last count, after its final uploads and the lease's release).
+func logRequests(c *ship.Counted, log *slog.Logger) {
+	n := c.Counts()
+	log.Info("replica requests", "total", c.Total(), "list", n["list"], "get", n["get"], "put", n["put"], "delete", n["delete"])
 }
 
 // add makes db's history part of the work.
@@ -120,14 +163,12 @@ func (lg *leveling) add(db string) {
 	}
 }
 
-// stop ends compaction and retention and logs what the replica cost.
+// stop ends compaction and retention.
 func (lg *leveling) stop() {
 	if lg.remote != nil {
 		lg.remote.Close()
 	}
 	lg.local.Close()
-	if lg.counted != nil {
-		c := lg.counted.Counts()
-		lg.log.Info("replica requests", "total", lg.counted.Total(), "list", c["list"], "get", c["get"], "put", c["put"], "delete", c["delete"])
-	}
+	close(lg.stopped)
+	<-lg.done
 }

@@ -27,11 +27,14 @@ type replication struct {
 	sync        bool          // -sync-replica: fsync waits for the replica
 	syncTimeout time.Duration // how long an fsync waits before failing with EIO
 	index       *ship.Index   // the replica as the uploader and the leveler see it
+	leased      *ship.Leased  // writes to the replica wait for the lease
 	counted     *ship.Counted // requests made to the replica
+	timing      ship.LeaseTiming
 
 	log     *slog.Logger
 	mu      sync.Mutex
 	lease   *ship.Lease   // nil until taken
+	lost    chan struct{} // closed when another mount took the lease over
 	stopped chan struct{} // closed by stop
 }
 
@@ -59,19 +62,25 @@ func startReplication(ctx context.Context, c replicaConfig, dd dataDir, store *s
 	// A replica that answers with an error (no such bucket, bad credentials)
 	// is a mistake to report now; one that cannot be reached is an outage
 	// the uploader rides out.
+	index, leased, counted := wrapReplica(replica)
 	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	_, err = replica.Databases(lctx)
+	_, err = counted.Databases(lctx)
 	cancel()
 	var netErr *net.OpError
 	unreachable := errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded)
 	if err != nil && !unreachable {
 		return nil, fmt.Errorf("replica %s: %w", replica, err)
 	}
-	r := &replication{sync: c.sync, syncTimeout: c.syncTimeout, log: log, stopped: make(chan struct{})}
-	r.index, r.counted = wrapReplica(replica)
+	timing, err := leaseTiming()
+	if err != nil {
+		return nil, err
+	}
+	r := &replication{sync: c.sync, syncTimeout: c.syncTimeout, timing: timing, log: log,
+		lost: make(chan struct{}), stopped: make(chan struct{})}
+	r.index, r.leased, r.counted = index, leased, counted
 	r.up = ship.NewUploader(store, r.index, log, c.opt)
 	if !unreachable {
-		lease, err := ship.AcquireLease(ctx, replica, me, log)
+		lease, err := timing.Acquire(ctx, r.counted, me, log)
 		if err != nil {
 			r.up.Close(0)
 			return nil, err
@@ -80,7 +89,7 @@ func startReplication(ctx context.Context, c replicaConfig, dd dataDir, store *s
 	} else {
 		log.Warn("replica unreachable; commits wait in the data dir until it is back", "replica", replica.String(), "err", err)
 		r.up.Pause()
-		go r.leaseLater(replica, me, log)
+		go r.leaseLater(r.counted, me, log)
 	}
 	store.OnAppend = r.up.Notify
 	return r, nil
@@ -92,7 +101,7 @@ func startReplication(ctx context.Context, c replicaConfig, dd dataDir, store *s
 func (r *replication) leaseLater(c ship.ReplicaClient, me ship.LeaseHolder, log *slog.Logger) {
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		lease, err := ship.AcquireLease(ctx, c, me, log)
+		lease, err := r.timing.Acquire(ctx, c, me, log)
 		cancel()
 		var le *ship.LeaseError
 		switch {
@@ -112,16 +121,19 @@ func (r *replication) leaseLater(c ship.ReplicaClient, me ship.LeaseHolder, log 
 	}
 }
 
-// held records the lease for stop to release, and stops shipping if another
-// mount takes it over. A lease taken after stop is released at once.
+// held records the lease for stop to release and lets writes to the
+// replica go ahead under it; if another mount takes it over, shipping stops
+// for the rest of the mount. A lease taken after stop is released at once.
 func (r *replication) held(lease *ship.Lease) {
 	r.mu.Lock()
 	r.lease = lease
 	r.mu.Unlock()
+	r.leased.Hold(lease)
 	go func() {
 		select {
 		case <-lease.Lost():
 			r.up.Pause()
+			close(r.lost)
 		case <-r.stopped:
 		}
 	}()
@@ -148,8 +160,21 @@ func leaseHolder(dd dataDir) (ship.LeaseHolder, error) {
 	} else if err != nil {
 		return ship.LeaseHolder{}, fmt.Errorf("data dir %s: %v", dd.path, err)
 	}
-	host, _ := os.Hostname()
-	return ship.LeaseHolder{Owner: strings.TrimSpace(string(id)), Host: host, PID: os.Getpid(), DataDir: dd.path}, nil
+	return ship.LeaseHolder{Owner: strings.TrimSpace(string(id)), DataDir: dd.path}.ThisProcess(), nil
+}
+
+// leaseTiming is the default lease timing, or SQLFS_LEASE_TIMING
+// ("TTL,HEARTBEAT,IDLE"), which tests and benchmarks use to wait less.
+func leaseTiming() (ship.LeaseTiming, error) {
+	s := os.Getenv("SQLFS_LEASE_TIMING")
+	if s == "" {
+		return ship.LeaseTiming{}, nil
+	}
+	t, err := ship.ParseLeaseTiming(s)
+	if err != nil {
+		return t, fmt.Errorf("SQLFS_LEASE_TIMING: %v", err)
+	}
+	return t, nil
 }
 
 // writeFileDurable writes a file through a temp file, fsync and rename.
@@ -175,15 +200,36 @@ func writeFileDurable(path string, data []byte) error {
 	return err
 }
 
+// errLeaseLost fails the fsyncs of -sync-replica once this mount no longer
+// ships.
+var errLeaseLost = errors.New("sync replica: not shipping: another sqlfs took over the replica lease")
+
 // waitReplica blocks, in sync mode, until the replica has every commit of
-// db stored so far.
+// db stored so far. Once the lease is lost it fails at once.
 func (r *replication) waitReplica(db string) error {
 	if r == nil || !r.sync {
 		return nil
 	}
+	select {
+	case <-r.lost:
+		return errLeaseLost
+	default:
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.syncTimeout)
 	defer cancel()
+	go func() {
+		select {
+		case <-r.lost:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if err := r.up.WaitAll(ctx, db); err != nil {
+		select {
+		case <-r.lost:
+			return errLeaseLost
+		default:
+		}
 		return fmt.Errorf("sync replica: %w", err)
 	}
 	return nil
@@ -203,6 +249,7 @@ func (r *replication) stop(timeout time.Duration, log *slog.Logger) {
 		"merged_commits", st.MergedCommits, "failed_uploads", st.Failures)
 	close(r.stopped)
 	r.releaseLease()
+	logRequests(r.counted, log)
 }
 
 // releaseLease removes the replica lease, if this mount holds it.
