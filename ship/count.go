@@ -77,9 +77,11 @@ func (c *Counted) PutLTX(ctx context.Context, db string, level int, minTXID, max
 	return c.ReplicaClient.PutLTX(ctx, db, level, minTXID, maxTXID, data, createdAt)
 }
 
-func (c *Counted) DeleteLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) error {
-	c.n[OpDelete].Add(1)
-	return c.ReplicaClient.DeleteLTX(ctx, db, level, minTXID, maxTXID)
+// DeleteLTX counts the requests an S3 replica makes for it: one per
+// MaxDeleteBatch files.
+func (c *Counted) DeleteLTX(ctx context.Context, db string, files []*ltx.FileInfo) error {
+	c.n[OpDelete].Add(int64((len(files) + MaxDeleteBatch - 1) / MaxDeleteBatch))
+	return c.ReplicaClient.DeleteLTX(ctx, db, files)
 }
 
 func (c *Counted) ReadLease(ctx context.Context) ([]byte, string, error) {

@@ -154,18 +154,22 @@ func (x *Index) PutLTX(ctx context.Context, db string, level int, minTXID, maxTX
 	return err
 }
 
-// DeleteLTX deletes through and forgets the file.
-func (x *Index) DeleteLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) error {
-	if err := x.ReplicaClient.DeleteLTX(ctx, db, level, minTXID, maxTXID); err != nil {
+// DeleteLTX deletes through and forgets the files. After an error, the
+// files may or may not be gone: the database is listed afresh next time.
+func (x *Index) DeleteLTX(ctx context.Context, db string, files []*ltx.FileInfo) error {
+	if err := x.ReplicaClient.DeleteLTX(ctx, db, files); err != nil {
+		x.Forget(db)
 		return err
 	}
-	li := x.level(db, level)
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if li.loaded {
-		li.remove(minTXID, maxTXID)
-	} else {
-		li.deleted[[2]ltx.TXID{minTXID, maxTXID}] = true
+	for _, fi := range files {
+		li := x.level(db, fi.Level)
+		x.mu.Lock()
+		if li.loaded {
+			li.remove(fi.MinTXID, fi.MaxTXID)
+		} else {
+			li.deleted[[2]ltx.TXID{fi.MinTXID, fi.MaxTXID}] = true
+		}
+		x.mu.Unlock()
 	}
 	return nil
 }

@@ -488,11 +488,11 @@ func (g *Leased) PutLTX(ctx context.Context, db string, level int, minTXID, maxT
 }
 
 // DeleteLTX deletes under the lease.
-func (g *Leased) DeleteLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) error {
+func (g *Leased) DeleteLTX(ctx context.Context, db string, files []*ltx.FileInfo) error {
 	if err := g.use(ctx); err != nil {
 		return err
 	}
-	return g.ReplicaClient.DeleteLTX(ctx, db, level, minTXID, maxTXID)
+	return g.ReplicaClient.DeleteLTX(ctx, db, files)
 }
 
 // LTXFilesAfter seeks where the replica behind can.

@@ -179,7 +179,7 @@ func TestLeaseIdleTakeover(t *testing.T) {
 		if !errors.Is(err, ErrLeaseLost) {
 			t.Fatalf("old holder's write: %v", err)
 		}
-		if err := ga.DeleteLTX(ctx, "x.db", 0, 1, 1); !errors.Is(err, ErrLeaseLost) {
+		if err := ga.DeleteLTX(ctx, "x.db", []*ltx.FileInfo{{MinTXID: 1, MaxTXID: 1}}); !errors.Is(err, ErrLeaseLost) {
 			t.Fatalf("old holder's delete: %v", err)
 		}
 		if got := c.Counts()["put"] - puts; got != 1 { // the refused lease write, no LTX put

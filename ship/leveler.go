@@ -506,8 +506,8 @@ func (l *Leveler) retain(ctx context.Context, db string, now time.Time) error {
 		keep = l.cfg.Keep(db)
 	}
 	gone := expired(&files, l.cfg.Levels, now, keep)
-	for _, fi := range gone {
-		if err := l.cfg.Target.DeleteLTX(ctx, db, fi.Level, fi.MinTXID, fi.MaxTXID); err != nil {
+	if len(gone) > 0 {
+		if err := l.cfg.Target.DeleteLTX(ctx, db, gone); err != nil {
 			return err
 		}
 	}

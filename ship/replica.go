@@ -28,8 +28,11 @@ type ReplicaClient interface {
 	// two writers cannot clobber each other. createdAt is the commit time,
 	// stored as object metadata where the backend has it.
 	PutLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID, data []byte, createdAt time.Time) error
-	// DeleteLTX removes one file; a missing file is not an error.
-	DeleteLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) error
+	// DeleteLTX removes files of one database (each named by its Level,
+	// MinTXID and MaxTXID) in as few requests as the backend allows: S3
+	// deletes up to MaxDeleteBatch objects per request. A missing file is
+	// not an error. On error some of the files may be gone already.
+	DeleteLTX(ctx context.Context, db string, files []*ltx.FileInfo) error
 	// String names the replica for messages (the URL, without credentials).
 	String() string
 }
@@ -177,17 +180,19 @@ func (r *FileReplica) mkdirDurable(dir string) error {
 	return nil
 }
 
-// DeleteLTX removes one LTX file; a missing file is not an error. The removal
-// is not fsynced: a file that comes back after a crash is only kept longer.
-func (r *FileReplica) DeleteLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) error {
-	if err := ctx.Err(); err != nil {
-		return err
+// DeleteLTX removes LTX files; a missing file is not an error. The removals
+// are not fsynced: a file that comes back after a crash is only kept longer.
+func (r *FileReplica) DeleteLTX(ctx context.Context, db string, files []*ltx.FileInfo) error {
+	for _, fi := range files {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		err := os.Remove(filepath.Join(r.Root, LTXPath(db, fi.Level, fi.MinTXID, fi.MaxTXID)))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
 	}
-	err := os.Remove(filepath.Join(r.Root, LTXPath(db, level, minTXID, maxTXID)))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	return err
+	return nil
 }
 
 // String is the replica's file:// URL.

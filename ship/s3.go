@@ -241,13 +241,33 @@ func (r *S3Replica) PutLTX(ctx context.Context, db string, level int, minTXID, m
 	return nil
 }
 
-// DeleteLTX removes one object; S3 does not report a missing one.
-func (r *S3Replica) DeleteLTX(ctx context.Context, db string, level int, minTXID, maxTXID ltx.TXID) error {
-	key := r.key(db, level, minTXID, maxTXID)
-	_, err := r.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(r.bucket), Key: aws.String(key)})
-	var nsk *types.NoSuchKey
-	if err != nil && !errors.As(err, &nsk) {
-		return r.wrap("delete", key, err)
+// MaxDeleteBatch is how many objects one S3 DeleteObjects request removes.
+const MaxDeleteBatch = 1000
+
+// DeleteLTX removes objects with one DeleteObjects request per
+// MaxDeleteBatch of them (quiet: S3 answers only with the keys it could not
+// delete; it does not report missing ones). The first key S3 refused is
+// the error.
+func (r *S3Replica) DeleteLTX(ctx context.Context, db string, files []*ltx.FileInfo) error {
+	for batch := range slices.Chunk(files, MaxDeleteBatch) {
+		ids := make([]types.ObjectIdentifier, len(batch))
+		for i, fi := range batch {
+			ids[i] = types.ObjectIdentifier{Key: aws.String(r.key(db, fi.Level, fi.MinTXID, fi.MaxTXID))}
+		}
+		out, err := r.client.DeleteObjects(ctx, &s3.DeleteObjectsInput{
+			Bucket: aws.String(r.bucket),
+			Delete: &types.Delete{Objects: ids, Quiet: aws.Bool(true)},
+		})
+		if err != nil {
+			return r.wrap("delete", aws.ToString(ids[0].Key), err)
+		}
+		for _, e := range out.Errors {
+			if aws.ToString(e.Code) == "NoSuchKey" {
+				continue
+			}
+			return fmt.Errorf("s3://%s/%s: delete: %s: %s (and %d more of %d keys)", r.bucket, aws.ToString(e.Key),
+				aws.ToString(e.Code), aws.ToString(e.Message), len(out.Errors)-1, len(batch))
+		}
 	}
 	return nil
 }

@@ -91,8 +91,9 @@ func testRoundTrip(t *testing.T, r ReplicaClient) {
 		t.Fatalf("Databases = %q, %v", dbs, err)
 	}
 
-	for range 2 { // the second delete finds nothing, which is fine
-		if err := r.DeleteLTX(ctx, "app.db", 0, 2, 2); err != nil {
+	gone := []*ltx.FileInfo{{Level: 0, MinTXID: 2, MaxTXID: 2}, {Level: 0, MinTXID: 7, MaxTXID: 7}}
+	for range 2 { // missing files (7-7, and all of them the second time) are fine
+		if err := r.DeleteLTX(ctx, "app.db", gone); err != nil {
 			t.Fatalf("DeleteLTX: %v", err)
 		}
 	}
@@ -105,6 +106,34 @@ func testRoundTrip(t *testing.T, r ReplicaClient) {
 	// A deleted file can be put again.
 	if err := r.PutLTX(ctx, "app.db", 0, 2, 2, []byte("again"), created); err != nil {
 		t.Fatalf("PutLTX after DeleteLTX: %v", err)
+	}
+}
+
+// testDeleteMany deletes more files than one S3 request can name, together
+// with one that does not exist, and keeps the newest: exactly that one is
+// left.
+func testDeleteMany(t *testing.T, r ReplicaClient) {
+	ctx := context.Background()
+	n := MaxDeleteBatch + 10
+	var gone []*ltx.FileInfo
+	for i := 1; i <= n; i++ {
+		if err := r.PutLTX(ctx, "many.db", 1, ltx.TXID(i), ltx.TXID(i), []byte("x"), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if i < n {
+			gone = append(gone, &ltx.FileInfo{Level: 1, MinTXID: ltx.TXID(i), MaxTXID: ltx.TXID(i)})
+		}
+	}
+	gone = append(gone, &ltx.FileInfo{Level: 1, MinTXID: ltx.TXID(n + 1), MaxTXID: ltx.TXID(n + 1)})
+	if err := r.DeleteLTX(ctx, "many.db", gone); err != nil {
+		t.Fatalf("DeleteLTX of %d files: %v", len(gone), err)
+	}
+	left, err := r.LTXFiles(ctx, "many.db", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 1 || left[0].MinTXID != ltx.TXID(n) {
+		t.Fatalf("after deleting %d of %d files, %d are left (first %v), want only %d", n-1, n, len(left), left[0], n)
 	}
 }
 
@@ -164,6 +193,7 @@ func TestFileReplicaClient(t *testing.T) {
 	}
 	testRoundTrip(t, r)
 	testRacingPuts(t, r)
+	testDeleteMany(t, r)
 	// The commit time is the file's modification time.
 	fi, err := os.Stat(filepath.Join(root, LTXPath("app.db", 0, 1, 1)))
 	if err != nil {
@@ -193,6 +223,7 @@ func TestS3Replica(t *testing.T) {
 	}
 	testRoundTrip(t, r)
 	testRacingPuts(t, r)
+	testDeleteMany(t, r)
 
 	// The object keys follow the layout, and the metadata holds the commit time.
 	s := r.(*S3Replica)

@@ -103,10 +103,12 @@ func TestStoreEmptiedLogShowsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	fr := NewFileReplica(dir)
+	var gone []*ltx.FileInfo
 	for txid := ltx.TXID(1); txid <= 4; txid++ {
-		if err := fr.DeleteLTX(context.Background(), "app.db", 0, txid, txid); err != nil {
-			t.Fatal(err)
-		}
+		gone = append(gone, &ltx.FileInfo{MinTXID: txid, MaxTXID: txid})
+	}
+	if err := fr.DeleteLTX(context.Background(), "app.db", gone); err != nil {
+		t.Fatal(err)
 	}
 	if got := listTXIDs(t, dir); len(got) != 1 || got[0] != 5 {
 		t.Fatalf("after removing files 1-4 the store lists %v, want only 5", got)
