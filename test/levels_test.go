@@ -270,7 +270,7 @@ func (h *levelHistory) checkLevels() {
 		// before it: the pass may run before sqlite3 has exited).
 		passes := h.passes()
 		sqlite3Cmd(t, h.m.Path("app.db"), "INSERT INTO t(v) VALUES (0)")
-		if !waitSlow(10*time.Second, func() bool { return h.passes() > passes }) {
+		if !waitSlow(30*time.Second, func() bool { return h.passes() > passes }) {
 			t.Fatal("no retention pass ran")
 		}
 	}
