@@ -122,10 +122,14 @@ func (c *coverage) insert(i int, p frameRun) {
 	}
 }
 
-// missing returns the frame ranges [lo, hi) not hashed yet, of n frames.
+// missing returns the frame ranges [lo, hi) not hashed yet, of n frames;
+// none once the file has a verdict.
 func (c *coverage) missing(n int) [][2]int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.ok || c.err != nil {
+		return nil
+	}
 	var out [][2]int
 	k := 0
 	for _, r := range c.runs {

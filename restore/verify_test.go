@@ -193,3 +193,16 @@ func TestVerifyDropsCachedFile(t *testing.T) {
 		t.Fatalf("the failed file is still cached: %v", err)
 	}
 }
+
+// A file whose frames every read needed is verified by the reads alone:
+// completing the database fetches nothing more.
+func TestVerifyNoRefetch(t *testing.T) {
+	h := randomHistory(t)
+	s := openSource(t, h, 1, PageSourceOptions{})
+	if _, err := readSequential(s); err != nil {
+		t.Fatal(err)
+	}
+	if got, size := s.Stats().PageBytes, s.files[0].info.Size; got > size {
+		t.Fatalf("fetched %d page bytes of a %d-byte file", got, size)
+	}
+}
