@@ -420,12 +420,22 @@ func TestHistCorruptSnapshot(t *testing.T) {
 			if got := sqlite3Cmd(t, hm.Path("app.db"), "SELECT length(v) FROM t WHERE id = 3;"); strings.TrimSpace(got) != "1000" {
 				t.Errorf("point query on intact pages: %q, want 1000", got)
 			}
-			out, err := cp(hm)
-			if err == nil || !strings.Contains(out, "Input/output error") {
-				t.Errorf("cp out of a corrupt snapshot: %v: %q, want an I/O error", err, out)
+			cpOut, err := cp(hm)
+			if err == nil || !strings.Contains(cpOut, "Input/output error") {
+				t.Errorf("cp out of a corrupt snapshot: %v: %q, want an I/O error", err, cpOut)
 			}
 			if log := hm.log.String(); !strings.Contains(log, "level=ERROR") || !strings.Contains(log, snapName) {
 				t.Errorf("no ERROR naming %s in the mount's log:\n%s", snapName, log)
+			}
+			// From then on every read of the snapshot fails, the pages the
+			// kernel had cached for the first query included (they are
+			// dropped right after the failure, not within it).
+			var out []byte
+			if !waitFor(5*time.Second, func() bool {
+				out, err = exec.Command("sqlite3", hm.Path("app.db"), "SELECT length(v) FROM t WHERE id = 3;").CombinedOutput()
+				return err != nil && strings.Contains(string(out), "disk I/O error")
+			}) {
+				t.Errorf("point query after the failure: %v: %q, want a disk I/O error", err, out)
 			}
 			hm.Stop()
 		})
