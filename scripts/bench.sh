@@ -222,6 +222,8 @@ hist_measure() {
 if ((hist)); then
 	trap hist_cleanup EXIT
 	bin=$base/bin
+	hist_rev=$(git -C "$SQLFS_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+	[[ -n $(git -C "$SQLFS_ROOT" status --porcelain 2>/dev/null) ]] && hist_rev+="-dirty"
 	sqlfs_build_cmd "$bin"
 	command -v sqlite3 >/dev/null || sqlfs_die "the sqlite3 CLI is needed for -hist"
 	mkdir -p "$base/hist"
@@ -287,8 +289,8 @@ if ((hist)); then
 	fi
 
 	echo
-	echo "sqlfs historical mount, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$SQLFS_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-	echo "machine: $(nproc) cores, Linux $(uname -r); load average $(cut -d' ' -f1 /proc/loadavg)"
+	echo "sqlfs historical mount, $(date -u +%Y-%m-%dT%H:%MZ), sqlfs built from commit $hist_rev"
+	echo "machine: $(nproc) cores, Linux $(uname -r); load average $load_start at start, $(cut -d' ' -f1 /proc/loadavg) at end"
 	echo "database: $hist_bytes bytes (4 KiB pages, $hist_rows rows), txids 1..$last; command: ${command_line% }"
 	echo "history: $files_by_level; live mount ${hist_levels[*]} for the first $((hist_commits - tail_commits)) commits, compaction caught up $caught_up_s s after them; the last $tail_commits commits with -levels none"
 	echo
