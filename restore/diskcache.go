@@ -34,9 +34,10 @@ import (
 // recently used first; the entry being written is never evicted, and a chunk
 // that would not fit even then is not kept (a single LTX file larger than
 // the bound is cached only in part). Several processes may share the
-// directory; each keeps its own count, so together they may exceed the bound
-// by what the others wrote since they started. A file that fails
-// verification leaves the cache (remove).
+// directory; each keeps its own count (one per directory for all its page
+// sources), so together they may exceed the bound by what the others wrote
+// since they started. A file that fails verification leaves the cache
+// (remove).
 type diskCache struct {
 	dir string
 	max int64
@@ -64,6 +65,34 @@ const diskChunk = 32 << 10
 
 // sumFlag marks a stored chunk CRC, so that zeros (a sparse hole) mean "absent".
 const sumFlag = 1 << 63
+
+// openCaches are the caches this process uses, by directory: the page
+// sources of one mount (several databases) share one count.
+var openCaches = struct {
+	sync.Mutex
+	m map[string]*diskCache
+}{m: map[string]*diskCache{}}
+
+// sharedDiskCache returns this process's cache in dir, opening it on first
+// use; a later call may lower its bound.
+func sharedDiskCache(dir string, maxBytes int64, log *slog.Logger) (*diskCache, error) {
+	openCaches.Lock()
+	defer openCaches.Unlock()
+	if c := openCaches.m[dir]; c != nil {
+		if maxBytes > 0 {
+			c.mu.Lock()
+			c.max = min(c.max, maxBytes)
+			c.evict("", 0)
+			c.mu.Unlock()
+		}
+		return c, nil
+	}
+	c, err := newDiskCache(dir, maxBytes, log)
+	if err == nil {
+		openCaches.m[dir] = c
+	}
+	return c, err
+}
 
 // newDiskCache opens the cache in dir, bounded to maxBytes (0: the
 // default), and counts what it already holds.

@@ -129,7 +129,7 @@ func OpenPageSource(ctx context.Context, r ship.Replica, db string, target ltx.T
 		return nil, err
 	}
 	if opt.CacheDir != "" {
-		if s.disk, err = newDiskCache(opt.CacheDir, opt.CacheBytes, s.log); err != nil {
+		if s.disk, err = sharedDiskCache(opt.CacheDir, opt.CacheBytes, s.log); err != nil {
 			return nil, err
 		}
 	}
