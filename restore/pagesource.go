@@ -447,7 +447,7 @@ func (s *PageSource) fetchSpan(ctx context.Context, sp *span) (map[uint32]cached
 		loc := s.locs[pgno-1]
 		page := make([]byte, s.pageSize)
 		if _, err := sp.f.decodeFrame(data[loc.off-sp.off:loc.off-sp.off+int64(loc.size)], pgno, page); err != nil {
-			return nil, err
+			return nil, s.fail(sp.f, err)
 		}
 		pages[pgno] = cachedPage{data: page, crc: crc64iso.Checksum(page)}
 	}

@@ -153,17 +153,39 @@ func combine(a, b uint64, n int64, shift *crc64iso.Shift) uint64 {
 }
 
 // settle checks f's file checksum if every frame is hashed, and returns
-// the file's error if it has failed, now or before. A failure found now is
-// logged as an error and the file's bytes leave the disk cache.
+// the file's error if it has failed, now or before.
 func (s *PageSource) settle(f *fileIndex) error {
 	failed, err := f.settle()
 	if failed {
-		s.log.Error("LTX file failed verification; reads of its pages fail from now on", "db", s.db, "file", f.path, "err", err)
-		if s.disk != nil {
-			s.disk.remove(f.cacheKey)
-		}
+		s.failed(f, err)
 	}
 	return err
+}
+
+// fail records that f is corrupt (a frame that does not decode), unless
+// it failed before, and returns its error.
+func (s *PageSource) fail(f *fileIndex, err error) error {
+	c := &f.check
+	c.mu.Lock()
+	first := c.err == nil
+	if first {
+		c.err, c.ok, c.runs = err, false, nil
+	}
+	err = c.err
+	c.mu.Unlock()
+	if first {
+		s.failed(f, err)
+	}
+	return err
+}
+
+// failed reports a file found corrupt: logged as an error, and its bytes
+// leave the disk cache.
+func (s *PageSource) failed(f *fileIndex, err error) {
+	s.log.Error("LTX file failed verification; reads of its pages fail from now on", "db", s.db, "file", f.path, "err", err)
+	if s.disk != nil {
+		s.disk.remove(f.cacheKey)
+	}
 }
 
 // settle checks f's file checksum if every frame is hashed. It returns the
@@ -202,9 +224,9 @@ func (f *fileIndex) endOf(k int) int64 {
 }
 
 // hashFrames decodes and hashes every frame of f in data, which holds the
-// file's bytes from off on and starts at a frame; page wants the page of
-// frame k, if any (else nil, and the frame is decoded into a scratch page).
-// The pages decoded that page asked for are returned with the CRC of each.
+// file's bytes from off on and starts at a frame; pgnoAt(k) is the page
+// wanted from frame k, or 0 (the frame is then decoded into a scratch page
+// only to be hashed). The pages wanted are returned with the CRC of each.
 func (s *PageSource) hashFrames(f *fileIndex, data []byte, off int64, pgnoAt func(k int) uint32) (map[uint32]cachedPage, error) {
 	end := off + int64(len(data))
 	k0 := sort.Search(len(f.frames), func(k int) bool { return f.frames[k] >= off })
@@ -224,7 +246,7 @@ func (s *PageSource) hashFrames(f *fileIndex, data []byte, off int64, pgnoAt fun
 		}
 		hn, err := f.decodeFrame(frame, pgno, dst)
 		if err != nil {
-			return nil, err
+			return nil, s.fail(f, err)
 		}
 		c := crc64iso.Checksum(dst)
 		sums = append(sums, frameSum{crc: s.pageShift.Combine(crc64iso.Checksum(frame[:hn]), c), n: int64(hn) + int64(s.pageSize)})
@@ -247,7 +269,7 @@ type completion struct {
 	mu     sync.Mutex
 	served []uint64      // bit p-1 set: page p was returned
 	left   uint32        // pages not yet returned
-	sum    uint64        // XOR of the page CRCs of the pages returned (lock page excluded)
+	sum    uint64        // XOR of ltx.ChecksumPage (without its flag) of the pages returned, lock page excluded
 	run    chan struct{} // closed when the verification under way ends; nil: none
 	ok     bool
 	err    error // why verification failed (not a cancelled context)
