@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"sync"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -20,6 +21,8 @@ type histFile struct {
 	src  *restore.PageSource
 	name string
 	log  *slog.Logger
+
+	dropCache sync.Once // the kernel's cached pages, once history proved corrupt
 }
 
 var (
@@ -83,12 +86,20 @@ var (
 )
 
 // Read serves pages from the page source. A failure to fetch or decode a
-// page is EIO to the reader, and logged with the reason.
+// page is EIO to the reader, and logged with the reason. Once history
+// proves corrupt (a file or the database failed verification), the pages
+// the kernel cached are dropped, so that later reads reach the page source
+// and fail too instead of being answered from the cache.
 func (h *histHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	n, err := h.rd.ReadAt(ctx, dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		if ctx.Err() == nil {
 			h.file.log.Error("read of a historical database failed", "db", h.file.name, "off", off, "len", len(dest), "err", err)
+		}
+		if errors.Is(err, restore.ErrCorrupt) || errors.Is(err, restore.ErrChecksumMismatch) {
+			// Not from inside this request: the kernel may hold a page
+			// lock the invalidation would wait for.
+			h.file.dropCache.Do(func() { go h.file.NotifyContent(0, 0) })
 		}
 		return nil, syscall.EIO
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 
 	"github.com/pierrec/lz4/v4"
+	"github.com/sqlfs/sqlfs/pager/crc64iso"
 	"github.com/sqlfs/sqlfs/ship"
 	"github.com/superfly/ltx"
 )
@@ -21,7 +22,15 @@ import (
 // where each page index record is three uvarints (pgno, frame offset, frame
 // size) in ascending pgno order and a zero pgno ends the records. So the
 // index of a file can be read from its tail alone, and one page from one
-// frame, each with a ranged read.
+// frame, each with a ranged read. Frames lie back to back from the end of
+// the header to the end-of-pages marker (the encoder writes them so, and a
+// sequential decoder could read nothing else), which readFileIndex checks.
+//
+// The file checksum is the CRC-64 ISO of the header, then per frame its
+// page header, its 4-byte size (block frames) and the page uncompressed,
+// then the end-of-pages marker, the index, the index size and the
+// post-apply checksum: so it can be computed from the parts apart and
+// combined in file order (see verify.go).
 
 // tailRead is how much of a file's end the first ranged read takes: the
 // trailer, the index size and, for all but large files, the whole index.
@@ -40,11 +49,23 @@ type fileIndex struct {
 	path     string // relative to the replica, for messages
 	hdr      ltx.Header
 	trailer  ltx.Trailer
-	verified bool // the whole file was read and its file checksum matched
+	verified bool // the whole file was read at open and its file checksum matched
 
 	pgnos []uint32 // ascending
 	offs  []int64  // frame offset of pgnos[i]
 	sizes []uint32 // frame size of pgnos[i]
+
+	// What verifying the file checksum later needs, when not verified at
+	// open: where each frame starts (frames[k] is offs[k], kept after
+	// pgnos and sizes are dropped), where the last one ends, and the CRCs
+	// of the bytes hashed before the first frame and after the last.
+	frames    []int64
+	framesEnd int64
+	headSum   uint64 // CRC of the header
+	tailSum   uint64 // CRC of end-of-pages marker, index, index size, post-apply checksum
+	tailLen   int64
+	refs      int      // pages of the database read from this file
+	check     coverage // the frames hashed so far, and the verdict
 
 	fetched  int64  // bytes read from the replica to build this index
 	cacheKey string // the file in the disk cache, when there is one
@@ -78,22 +99,29 @@ func readFileIndex(ctx context.Context, r ship.Replica, db string, fi *ltx.FileI
 	}
 	indexStart := indexEnd - indexSize
 
+	// The index with the end-of-pages marker before it.
+	markerStart := indexStart - endOfPagesSize
 	var head, index []byte
 	if tailOff == 0 {
-		head, index = tail[:ltx.HeaderSize], tail[indexStart:indexEnd]
-		if !bytes.Equal(tail[indexStart-endOfPagesSize:indexStart], make([]byte, endOfPagesSize)) {
-			return nil, f.corrupt(errors.New("no end-of-pages marker before the page index"))
-		}
+		head, index = tail[:ltx.HeaderSize], tail[markerStart:indexEnd]
 	} else {
 		if head, err = f.read(ctx, r, db, 0, ltx.HeaderSize); err != nil {
 			return nil, err
 		}
-		if indexStart >= tailOff {
-			index = tail[indexStart-tailOff : indexEnd-tailOff]
-		} else if index, err = f.read(ctx, r, db, indexStart, indexSize); err != nil {
+		if markerStart >= tailOff {
+			index = tail[markerStart-tailOff : indexEnd-tailOff]
+		} else if index, err = f.read(ctx, r, db, markerStart, indexEnd-markerStart); err != nil {
 			return nil, err
 		}
 	}
+	if !bytes.Equal(index[:endOfPagesSize], make([]byte, endOfPagesSize)) {
+		return nil, f.corrupt(errors.New("no end-of-pages marker before the page index"))
+	}
+	f.headSum = crc64iso.Checksum(head)
+	f.tailSum = crc64iso.Update(crc64iso.Checksum(index), tail[tailN-ltx.TrailerSize-8:tailN-ltx.TrailerSize+ltx.TrailerChecksumOffset])
+	f.tailLen = int64(len(index)) + 8 + ltx.TrailerChecksumOffset
+	f.framesEnd = markerStart
+	index = index[endOfPagesSize:]
 	if err := f.hdr.UnmarshalBinary(head); err != nil {
 		return nil, f.corrupt(fmt.Errorf("header: %w", err))
 	}
@@ -106,7 +134,7 @@ func readFileIndex(ctx context.Context, r ship.Replica, db string, fi *ltx.FileI
 	if err := f.trailer.Validate(f.hdr); err != nil {
 		return nil, f.corrupt(fmt.Errorf("trailer: %w", err))
 	}
-	if err := f.parseIndex(index, indexStart-endOfPagesSize); err != nil {
+	if err := f.parseIndex(index, f.framesEnd); err != nil {
 		return nil, f.corrupt(fmt.Errorf("page index: %w", err))
 	}
 	if tailOff == 0 {
@@ -117,6 +145,8 @@ func readFileIndex(ctx context.Context, r ship.Replica, db string, fi *ltx.FileI
 			return nil, f.corrupt(err)
 		}
 		f.verified = true
+	} else {
+		f.frames = f.offs
 	}
 	return f, nil
 }
@@ -134,8 +164,9 @@ func (f *fileIndex) read(ctx context.Context, r ship.Replica, db string, off, n 
 	return b, nil
 }
 
-// parseIndex decodes the index records; every frame must lie between the
-// header and framesEnd (where the end-of-pages marker starts).
+// parseIndex decodes the index records; the frames must lie back to back
+// from the end of the header to framesEnd (where the end-of-pages marker
+// starts).
 func (f *fileIndex) parseIndex(b []byte, framesEnd int64) error {
 	rd := bytes.NewReader(b)
 	next := int64(ltx.HeaderSize) // no frame may start before this
@@ -156,8 +187,10 @@ func (f *fileIndex) parseIndex(b []byte, framesEnd int64) error {
 		switch {
 		case pgno <= uint64(prev) || pgno > uint64(f.hdr.Commit):
 			return fmt.Errorf("page %d after page %d in a database of %d pages", pgno, prev, f.hdr.Commit)
-		case off < uint64(next) || size <= ltx.PageHeaderSize || size > uint64(framesEnd) || off > uint64(framesEnd)-size:
+		case size <= ltx.PageHeaderSize || size > uint64(framesEnd) || off > uint64(framesEnd)-size:
 			return fmt.Errorf("page %d: frame of %d bytes at %d is outside the page block", pgno, size, off)
+		case off != uint64(next):
+			return fmt.Errorf("page %d: frame at %d, but the previous one ends at %d", pgno, off, next)
 		}
 		prev, next = uint32(pgno), int64(off+size)
 		f.pgnos = append(f.pgnos, uint32(pgno))
@@ -167,6 +200,9 @@ func (f *fileIndex) parseIndex(b []byte, framesEnd int64) error {
 	if rd.Len() != 0 {
 		return fmt.Errorf("%d bytes after the last record", rd.Len())
 	}
+	if next != framesEnd {
+		return fmt.Errorf("the frames end at %d, the end-of-pages marker is at %d", next, framesEnd)
+	}
 	return nil
 }
 
@@ -174,35 +210,41 @@ func (f *fileIndex) corrupt(err error) error {
 	return &kindError{kind: ErrCorrupt, cause: err, msg: fmt.Sprintf("%s: corrupt LTX file: %v", f.path, err)}
 }
 
-// decodeFrame decompresses the frame of page pgno into dst (one page).
-func (f *fileIndex) decodeFrame(frame []byte, pgno uint32, dst []byte) error {
+// decodeFrame decompresses the frame of page pgno into dst (one page) and
+// returns how many of the frame's first bytes the file checksum hashes
+// before the page. Pgno 0 takes whatever page the frame holds (a frame
+// read only to be hashed).
+func (f *fileIndex) decodeFrame(frame []byte, pgno uint32, dst []byte) (int, error) {
 	var ph ltx.PageHeader
 	if err := ph.UnmarshalBinary(frame); err != nil {
-		return f.corrupt(fmt.Errorf("page %d: %w", pgno, err))
+		return 0, f.corrupt(fmt.Errorf("page %d: %w", pgno, err))
+	}
+	if pgno == 0 {
+		pgno = ph.Pgno
 	}
 	if ph.Pgno != pgno {
-		return f.corrupt(fmt.Errorf("the index places page %d where page %d is", pgno, ph.Pgno))
+		return 0, f.corrupt(fmt.Errorf("the index places page %d where page %d is", pgno, ph.Pgno))
 	}
 	if ph.Flags&ltx.PageHeaderFlagSize == 0 {
 		// Frames of the older LZ4-frame format.
 		_, data, err := ltx.DecodePageData(frame)
 		if err != nil || len(data) != len(dst) {
-			return f.corrupt(fmt.Errorf("page %d: %d bytes, %v", pgno, len(data), err))
+			return 0, f.corrupt(fmt.Errorf("page %d: %d bytes, %v", pgno, len(data), err))
 		}
 		copy(dst, data)
-		return nil
+		return ltx.PageHeaderSize, nil
 	}
 	if len(frame) < ltx.PageHeaderSize+4 {
-		return f.corrupt(fmt.Errorf("page %d: frame of %d bytes", pgno, len(frame)))
+		return 0, f.corrupt(fmt.Errorf("page %d: frame of %d bytes", pgno, len(frame)))
 	}
 	n := binary.BigEndian.Uint32(frame[ltx.PageHeaderSize:])
 	block := frame[ltx.PageHeaderSize+4:]
 	if int64(n) != int64(len(block)) {
-		return f.corrupt(fmt.Errorf("page %d: block of %d bytes in a frame of %d", pgno, n, len(frame)))
+		return 0, f.corrupt(fmt.Errorf("page %d: block of %d bytes in a frame of %d", pgno, n, len(frame)))
 	}
 	m, err := lz4.UncompressBlock(block, dst)
 	if err != nil || m != len(dst) {
-		return f.corrupt(fmt.Errorf("page %d: decompressed %d bytes of %d: %v", pgno, m, len(dst), err))
+		return 0, f.corrupt(fmt.Errorf("page %d: decompressed %d bytes of %d: %v", pgno, m, len(dst), err))
 	}
-	return nil
+	return ltx.PageHeaderSize + 4, nil
 }

@@ -16,33 +16,39 @@ type pageLRU struct {
 
 type lruEntry struct {
 	pgno uint32
+	page cachedPage
+}
+
+// cachedPage is one decoded page and the CRC-64 of its bytes.
+type cachedPage struct {
 	data []byte
+	crc  uint64
 }
 
 func newPageLRU(max int) *pageLRU {
 	return &pageLRU{max: max, order: list.New(), byNo: map[uint32]*list.Element{}}
 }
 
-func (c *pageLRU) get(pgno uint32) ([]byte, bool) {
+func (c *pageLRU) get(pgno uint32) (cachedPage, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.byNo[pgno]
 	if !ok {
-		return nil, false
+		return cachedPage{}, false
 	}
 	c.order.MoveToFront(e)
-	return e.Value.(*lruEntry).data, true
+	return e.Value.(*lruEntry).page, true
 }
 
-func (c *pageLRU) put(pgno uint32, data []byte) {
+func (c *pageLRU) put(pgno uint32, page cachedPage) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.byNo[pgno]; ok {
-		e.Value.(*lruEntry).data = data
+		e.Value.(*lruEntry).page = page
 		c.order.MoveToFront(e)
 		return
 	}
-	c.byNo[pgno] = c.order.PushFront(&lruEntry{pgno: pgno, data: data})
+	c.byNo[pgno] = c.order.PushFront(&lruEntry{pgno: pgno, page: page})
 	for c.order.Len() > c.max {
 		last := c.order.Back()
 		c.order.Remove(last)

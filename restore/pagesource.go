@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sqlfs/sqlfs/pager/crc64iso"
 	"github.com/sqlfs/sqlfs/ship"
 	"github.com/superfly/ltx"
 )
@@ -28,12 +29,11 @@ import (
 // It is built once at open and never changes, and LTX files never change,
 // so a page once decoded is valid for the life of the source.
 //
-// What is verified: each file's header and trailer against each other and
-// its name, its index against its size, the pre/post-apply checksum chain
-// between the files read, and each frame as it is decoded (page number,
-// size). A file small enough to be read whole at open also has its file
-// checksum verified; the checksum of the whole database cannot be, short of
-// reading every page (that is what Restore does).
+// What is verified, and when, is set out at the top of verify.go: in short,
+// a point query checks the frames it reads, each file's checksum is checked
+// once all its frames have been read, and the read that returns the last
+// page of the database not returned before waits until every file and the
+// database checksum are verified, so a copy out that completes is verified.
 type PageSource struct {
 	r    ship.Replica
 	db   string
@@ -47,7 +47,11 @@ type PageSource struct {
 	lockPgno uint32
 	files    []*fileIndex // the files read, newest first
 	locs     []pageLoc
-	zero     []byte
+	zero     cachedPage
+
+	pageShift  *crc64iso.Shift // combines a CRC with that of one page
+	frameShift *crc64iso.Shift // ... with that of one block frame's hashed bytes
+	done       completion
 
 	lru      *pageLRU
 	disk     *diskCache
@@ -74,6 +78,9 @@ type PageSourceOptions struct {
 	// it, keyed by ReplicaID, file name, size and file checksum.
 	CacheDir  string
 	ReplicaID string
+	// CacheBytes bounds the disk cache: past it, the files least recently
+	// used leave it whole. 0 means DefaultCacheBytes.
+	CacheBytes int64
 	// MemoryBytes bounds the decoded pages kept in memory; 0 means 64 MiB.
 	MemoryBytes int64
 	// Log receives a debug line per ranged read; nil discards.
@@ -122,16 +129,21 @@ func OpenPageSource(ctx context.Context, r ship.Replica, db string, target ltx.T
 		return nil, err
 	}
 	if opt.CacheDir != "" {
-		if s.disk, err = newDiskCache(opt.CacheDir); err != nil {
+		if s.disk, err = sharedDiskCache(opt.CacheDir, opt.CacheBytes, s.log); err != nil {
 			return nil, err
 		}
 	}
+	s.pageShift = crc64iso.NewShift(int64(s.pageSize))
+	s.frameShift = crc64iso.NewShift(ltx.PageHeaderSize + 4 + int64(s.pageSize))
+	s.done.served = make([]uint64, (s.commit+63)/64)
+	s.done.left = s.commit
 	mem := opt.MemoryBytes
 	if mem <= 0 {
 		mem = 64 << 20
 	}
 	s.lru = newPageLRU(max(int(mem/int64(s.pageSize)), 2*readaheadBytes/int(s.pageSize)))
-	s.zero = make([]byte, s.pageSize)
+	zero := make([]byte, s.pageSize)
+	s.zero = cachedPage{data: zero, crc: crc64iso.Checksum(zero)}
 	s.bg, s.stop = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -198,6 +210,7 @@ func (s *PageSource) readIndexes(ctx context.Context, plan []*ltx.FileInfo) erro
 			}
 			if l := &s.locs[pgno-1]; l.file == 0 && pgno != s.lockPgno {
 				*l = pageLoc{file: uint32(len(s.files)), size: f.sizes[k], off: f.offs[k]}
+				f.refs++
 			}
 		}
 		f.pgnos, f.offs, f.sizes = nil, nil, nil // locs holds what is needed
@@ -261,12 +274,15 @@ func (s *PageSource) ReadAt(ctx context.Context, p []byte, off int64) (int, erro
 	if err != nil {
 		return 0, err
 	}
+	if err := s.served(ctx, first, pages); err != nil {
+		return 0, err
+	}
 	for i, page := range pages {
 		start := (int64(first) + int64(i) - 1) * ps // file offset of the page
 		lo, hi := max(start, off), min(start+ps, off+int64(n))
-		copy(p[lo-off:hi-off], page[lo-start:hi-start])
+		copy(p[lo-off:hi-off], page.data[lo-start:hi-start])
 	}
-	if s.opt.Rollback && first == 1 && pages[0][18] == 2 && pages[0][19] == 2 {
+	if s.opt.Rollback && first == 1 && pages[0].data[18] == 2 && pages[0].data[19] == 2 {
 		for i := int64(18); i <= 19; i++ {
 			if i >= off && i < off+int64(n) {
 				p[i-off] = 1
@@ -280,22 +296,30 @@ func (s *PageSource) ReadAt(ctx context.Context, p []byte, off int64) (int, erro
 }
 
 // load returns pages first..last, fetching those not in memory. A page
-// another reader is fetching is waited for, not fetched twice.
-func (s *PageSource) load(ctx context.Context, first, last uint32) ([][]byte, error) {
-	out := make([][]byte, last-first+1)
+// another reader is fetching is waited for, not fetched twice. A page of a
+// file that failed verification is an error, in memory or not.
+func (s *PageSource) load(ctx context.Context, first, last uint32) ([]cachedPage, error) {
+	for pgno := first; pgno <= last; pgno++ {
+		if l := s.locs[pgno-1]; l.file != 0 {
+			if err := s.files[l.file-1].check.failed(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	out := make([]cachedPage, last-first+1)
 	for {
 		var mine []uint32
 		var waits []chan struct{}
 		fl := &flight{done: make(chan struct{})}
 		s.mu.Lock()
 		for pgno := first; pgno <= last; pgno++ {
-			if out[pgno-first] != nil {
+			if out[pgno-first].data != nil {
 				continue
 			}
 			if s.locs[pgno-1].file == 0 || pgno == s.lockPgno {
 				out[pgno-first] = s.zero
-			} else if data, ok := s.lru.get(pgno); ok {
-				out[pgno-first] = data
+			} else if page, ok := s.lru.get(pgno); ok {
+				out[pgno-first] = page
 			} else if other, ok := s.inflight[pgno]; ok {
 				waits = append(waits, other.done)
 			} else {
@@ -315,8 +339,8 @@ func (s *PageSource) load(ctx context.Context, first, last uint32) ([][]byte, er
 			if err != nil {
 				return nil, err
 			}
-			for pgno, data := range got {
-				out[pgno-first] = data
+			for pgno, page := range got {
+				out[pgno-first] = page
 			}
 		}
 		if len(waits) == 0 {
@@ -345,7 +369,7 @@ type span struct {
 // frames of a file that lie close together in one ranged read (a file's
 // frames are in page order), several reads at once, and keeps the pages in
 // memory.
-func (s *PageSource) fetch(ctx context.Context, pgnos []uint32) (map[uint32][]byte, error) {
+func (s *PageSource) fetch(ctx context.Context, pgnos []uint32) (map[uint32]cachedPage, error) {
 	byFile := map[uint32]*span{} // the open span of each file
 	var spans []*span
 	for _, pgno := range pgnos {
@@ -363,7 +387,7 @@ func (s *PageSource) fetch(ctx context.Context, pgnos []uint32) (map[uint32][]by
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex
-		out      = make(map[uint32][]byte, len(pgnos))
+		out      = make(map[uint32]cachedPage, len(pgnos))
 		firstErr error
 	)
 	for _, sp := range spans {
@@ -384,8 +408,8 @@ func (s *PageSource) fetch(ctx context.Context, pgnos []uint32) (map[uint32][]by
 				firstErr = cmp.Or(firstErr, err)
 				return
 			}
-			for i, pgno := range sp.pgnos {
-				out[pgno] = pages[i]
+			for pgno, page := range pages {
+				out[pgno] = page
 			}
 		}()
 	}
@@ -393,26 +417,39 @@ func (s *PageSource) fetch(ctx context.Context, pgnos []uint32) (map[uint32][]by
 	if firstErr != nil {
 		return nil, firstErr
 	}
-	for pgno, data := range out {
-		s.lru.put(pgno, data)
+	for pgno, page := range out {
+		s.lru.put(pgno, page)
 	}
 	return out, nil
 }
 
-// fetchSpan reads one span and decodes its pages.
-func (s *PageSource) fetchSpan(ctx context.Context, sp *span) ([][]byte, error) {
+// fetchSpan reads one span and decodes its pages. Every frame in the span,
+// those between the pages asked for included, is hashed towards the
+// file's checksum (see verify.go).
+func (s *PageSource) fetchSpan(ctx context.Context, sp *span) (map[uint32]cachedPage, error) {
 	data, err := s.readRange(ctx, sp.f, sp.off, sp.end-sp.off)
 	if err != nil {
 		return nil, err
 	}
-	pages := make([][]byte, len(sp.pgnos))
-	for i, pgno := range sp.pgnos {
+	if !sp.f.verified {
+		at := make(map[int64]uint32, len(sp.pgnos)) // frame offset -> page wanted
+		for _, pgno := range sp.pgnos {
+			at[s.locs[pgno-1].off] = pgno
+		}
+		pages, err := s.hashFrames(sp.f, data, sp.off, func(k int) uint32 { return at[sp.f.frames[k]] })
+		if err == nil && len(pages) != len(sp.pgnos) {
+			err = sp.f.corrupt(fmt.Errorf("the frames at %d..%d are not where the page index says", sp.off, sp.end))
+		}
+		return pages, err
+	}
+	pages := make(map[uint32]cachedPage, len(sp.pgnos))
+	for _, pgno := range sp.pgnos {
 		loc := s.locs[pgno-1]
 		page := make([]byte, s.pageSize)
-		if err := sp.f.decodeFrame(data[loc.off-sp.off:loc.off-sp.off+int64(loc.size)], pgno, page); err != nil {
-			return nil, err
+		if _, err := sp.f.decodeFrame(data[loc.off-sp.off:loc.off-sp.off+int64(loc.size)], pgno, page); err != nil {
+			return nil, s.fail(sp.f, err)
 		}
-		pages[i] = page
+		pages[pgno] = cachedPage{data: page, crc: crc64iso.Checksum(page)}
 	}
 	return pages, nil
 }

@@ -252,6 +252,11 @@ func TestPageSourceCorrupt(t *testing.T) {
 		if !errors.Is(err, ErrCorrupt) || !strings.HasPrefix(err.Error(), name) {
 			t.Fatalf("err = %v", err)
 		}
+		// The file is corrupt: its intact pages are not served either.
+		_, err = s.ReadAt(context.Background(), make([]byte, 4096), 4096)
+		if !errors.Is(err, ErrCorrupt) || !strings.HasPrefix(err.Error(), name) {
+			t.Fatalf("read of another page of the file: err = %v", err)
+		}
 	})
 	t.Run("chain", func(t *testing.T) {
 		h := newHistory(t, "x.db")

@@ -37,25 +37,30 @@ func Plan(ctx context.Context, r ship.Replica, db string, target ltx.TXID) ([]*l
 		return nil, err
 	}
 	// Level 0 is by far the largest level. Only the part past what the
-	// upper levels reach is needed, unless they leave a hole below it; a
-	// replica that can seek lists just that part.
+	// upper levels reach is needed, and none past target, unless they leave
+	// a hole below it; a replica that can seek lists just that part.
 	reach := ship.ReachFrom0(upper)
 	var after ltx.TXID
+	var l0 []*ltx.FileInfo
 	if target != 0 {
 		after = lastAtOrBelow(reach, target)
-	} else if len(reach) > 0 {
-		after = reach[len(reach)-1]
+		l0, err = ship.LTXFilesBetween(ctx, r, db, 0, after, target)
+	} else {
+		if len(reach) > 0 {
+			after = reach[len(reach)-1]
+		}
+		l0, err = ship.LTXFilesAfter(ctx, r, db, 0, after)
 	}
-	l0, err := ship.LTXFilesAfter(ctx, r, db, 0, after)
 	if err != nil {
 		return nil, fmt.Errorf("list history of %s: %w", db, err)
 	}
 	plan, err := planFiles(db, append(upper, l0...), target)
-	if err == nil || after == 0 {
+	if err == nil || (after == 0 && target == 0) {
 		return plan, err
 	}
-	// The upper levels did not lead to target through that cut: plan again
-	// with all of level 0.
+	// The upper levels did not lead to target through that cut (or the
+	// error needs what lies past target to say what is missing): plan
+	// again with all of level 0.
 	if l0, err = r.LTXFiles(ctx, db, 0); err != nil {
 		return nil, fmt.Errorf("list history of %s: %w", db, err)
 	}

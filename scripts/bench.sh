@@ -102,14 +102,29 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+mount_log_tail() {
+	[[ -s $base/mount.log ]] && { sqlfs_say "last lines of the sqlfs log:"; tail -n 20 "$base/mount.log" >&2; }
+	return 0
+}
+
 # ---- historical mounts (-hist) ----------------------------------------------
 # A database of hist_mib MiB (1,000-byte random blobs, 4 KiB pages) is built
-# natively, copied into a live mount (one snapshot in history), and given
-# hist_commits commits in all (single-row UPDATEs, WAL); the live mount is
-# stopped. Then a historical mount of the last TXID from the data dir (and,
-# with SQLFS_VERSITYGW, from versitygw serving the same files) is timed:
-# mount, the first point query and the bytes the page source fetched for it
-# (from its -v log), and cp out of a fresh mount against sqlfs restore.
+# natively and copied into a live mount (one snapshot in history) started
+# with short compaction intervals (hist_levels), so that history has levels
+# 1-3 and level-9 snapshots as a production mount would after days, compressed
+# into a minute: 90% of hist_commits commits (single-row UPDATEs, WAL), then a
+# wait until compaction has caught up (level 3 reaches the last TXID and a
+# snapshot exists), then the live mount is stopped and the last 10% of the
+# commits go through a mount without levels, so history ends in level-0 files
+# past the newest level-1 file, as it does between compactions.
+#
+# Then historical mounts of TXIDs spread over history are timed from the data
+# dir (and, with SQLFS_VERSITYGW, from versitygw serving the same files):
+# the oldest, the middle, one just before and one just after the newest
+# level-1 boundary, and the newest. For the newest: the first point query,
+# the bytes the page source fetched for it (from its -v log), and cp out of a
+# fresh mount against sqlfs restore.
+hist_levels=(-levels 2s,10s,30s -snapshot-interval 1m)
 hist_pid=
 hist_cleanup() {
 	local rc=$?
@@ -120,13 +135,15 @@ hist_cleanup() {
 }
 
 # hist_mount ARGS... mounts $base/hist with sqlfs mount -v ARGS, logging to
-# $base/hist.log, and sets mount_s to the seconds until it was mounted.
+# $base/hist.log, and sets mount_s to the seconds until it was mounted and
+# plan_files to the number of LTX files its pages come from.
 hist_mount() {
 	local t0=$EPOCHREALTIME
 	"$bin/sqlfs" mount -v "$@" "$base/hist" >"$base/hist.log" 2>&1 &
 	hist_pid=$!
 	sqlfs_wait_mount "$base/hist" "$hist_pid" 120 || { tail -n 5 "$base/hist.log" >&2; exit 1; }
 	mount_s=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
+	plan_files=$(sed -n 's/.*msg="mounted read-only".* files=\([0-9]*\).*/\1/p' "$base/hist.log" | head -n 1)
 }
 
 hist_unmount() { sqlfs_stop_mount "$hist_pid" "$base/hist"; hist_pid=; }
@@ -135,6 +152,43 @@ hist_unmount() { sqlfs_stop_mount "$hist_pid" "$base/hist"; hist_pid=; }
 hist_fetched() {
 	awk '/msg=fetched/ { n++; for (i = 1; i <= NF; i++) if ($i ~ /^total_bytes=/) { split($i, kv, "="); b = kv[2] } }
 		END { printf "%d %d\n", b, n }' "$base/hist.log"
+}
+
+# hist_ltx prints the history's files as "level min max" (decimal TXIDs), one a line.
+hist_ltx() {
+	local min max size created level
+	"$bin/sqlfs" ltx -data "$data" -db app.db | tail -n +2 | while read -r min max size created level; do
+		echo "$level $((16#$min)) $((16#$max))"
+	done
+}
+
+# hist_caught_up says whether level 3 reaches the last TXID and a snapshot exists.
+hist_caught_up() {
+	hist_ltx | awk '{ m = $3 + 0; if (m > last) last = m; if (m > top[$1]) top[$1] = m }
+		END { exit !(top[3] == last && top[9] > 0) }'
+}
+
+# hist_commit N makes N single-row UPDATEs through the live mount.
+hist_commit() {
+	{
+		echo "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+		for ((i = 0; i < $1; i++)); do
+			echo "UPDATE t SET v = randomblob(1000) WHERE id = abs(random()) % $hist_rows + 1;"
+		done
+	} | sqlite3 "$mnt/app.db" >/dev/null
+}
+
+# hist_mount_times LABEL SOURCE... prints a "label:data_s" line per TXID of
+# hist_txids mounted from SOURCE, each mount timed and unmounted.
+hist_mount_times() {
+	local label=$1 name txid
+	shift
+	for name in "${!hist_txids[@]}"; do
+		txid=${hist_txids[$name]}
+		hist_mount -at-txid "$txid" -db app.db "$@"
+		hist_unmount
+		printf '%s %s %s %s\n' "$name" "$label" "$mount_s" "$plan_files" >>"$base/mount-times"
+	done
 }
 
 # hist_measure LABEL SOURCE... prints one table row for a historical mount
@@ -165,12 +219,14 @@ hist_measure() {
 	[[ $(cmp -l "$base/copy.db" "$base/restored.db" | wc -l) -le 2 ]] || sqlfs_die "cp out of the $label mount differs from sqlfs restore"
 	awk -v l="$label" -v m="$first_mount_s" -v q="$q_s" -v f="$fetched" -v r="$reqs" -v c="$cp_s" -v rs="$restore_s" -v sz="$hist_bytes" 'BEGIN {
 		printf "| %s | %.2f | %.3f | %.1f KiB in %d reads | %.0f MB/s | %.0f MB/s | %.2f |\n",
-			l, m, q, f / 1024, r, sz / c / 1e6, sz / rs / 1e6, rs / c }'
+			l, m, q, f / 1024, r, sz / c / 1e6, sz / rs / 1e6, rs / c }' >>"$base/hist-table"
 }
 
 if ((hist)); then
 	trap hist_cleanup EXIT
 	bin=$base/bin
+	hist_rev=$(git -C "$SQLFS_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+	[[ -n $(git -C "$SQLFS_ROOT" status --porcelain 2>/dev/null) ]] && hist_rev+="-dirty"
 	sqlfs_build_cmd "$bin"
 	command -v sqlite3 >/dev/null || sqlfs_die "the sqlite3 CLI is needed for -hist"
 	mkdir -p "$base/hist"
@@ -180,32 +236,45 @@ if ((hist)); then
 		CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
 		WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < $hist_rows)
 		INSERT INTO t(v) SELECT randomblob(1000) FROM c;" >/dev/null
-	"$bin/sqlfs" mount -data "$data" "$mnt" >"$base/mount.log" 2>&1 &
+	"$bin/sqlfs" mount -data "$data" "${hist_levels[@]}" "$mnt" >"$base/mount.log" 2>&1 &
 	mount_pid=$!
 	sqlfs_wait_mount "$mnt" "$mount_pid" 30 || { mount_log_tail; exit 1; }
 	cp "$native/app.db" "$mnt/app.db"
 	rm -f "$native/app.db"
 	n=$("$bin/sqlfs" ltx -data "$data" -db app.db | tail -n +2 | wc -l)
-	{
-		echo "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-		for ((i = n + 2; i <= hist_commits; i++)); do
-			echo "UPDATE t SET v = randomblob(1000) WHERE id = abs(random()) % $hist_rows + 1;"
-		done
-	} | sqlite3 "$mnt/app.db" >/dev/null
+	tail_commits=$((hist_commits / 10))
+	hist_commit $((hist_commits - tail_commits - n - 1))
+	sqlfs_say "$((hist_commits - tail_commits)) commits in $(sqlfs_elapsed "$t0") s; waiting for compaction to catch up"
+	t1=$EPOCHREALTIME
+	for ((i = 0; i < 600; i++)); do hist_caught_up && break; sleep 1; done
+	hist_caught_up || sqlfs_die "compaction did not catch up in 600 s: $(hist_ltx | awk '{ print $1 }' | sort | uniq -c | tr '\n' ' ')"
+	caught_up_s=$(sqlfs_elapsed "$t1")
 	sqlfs_stop_mount "$mount_pid" "$mnt"
 	mount_pid=
-	last=$("$bin/sqlfs" ltx -data "$data" -db app.db | tail -n 1 | awk '{ print $2 }')
+	"$bin/sqlfs" mount -data "$data" -levels none "$mnt" >"$base/mount.log" 2>&1 &
+	mount_pid=$!
+	sqlfs_wait_mount "$mnt" "$mount_pid" 30 || { mount_log_tail; exit 1; }
+	hist_commit "$tail_commits"
+	sqlfs_stop_mount "$mount_pid" "$mnt"
+	mount_pid=
+	last=$("$bin/sqlfs" ltx -data "$data" -db app.db | awk 'NR > 1 { print $2 }' | sort | tail -n 1)
 	hist_bytes=$(stat -c %s "$data/root/app.db")
-	sqlfs_say "built $hist_bytes bytes, history 1..$last, in $(sqlfs_elapsed "$t0") s"
+	files_by_level=$(hist_ltx | awk '{ n[$1]++ } END { for (l in n) printf "%s%d at level %d", (c++ ? ", " : ""), n[l], l }')
+	sqlfs_say "built $hist_bytes bytes, history 1..$last ($files_by_level), in $(sqlfs_elapsed "$t0") s"
 
-
-	echo
-	echo "sqlfs historical mount, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$SQLFS_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-	echo "machine: $(nproc) cores, Linux $(uname -r); load average $(cut -d' ' -f1 /proc/loadavg)"
-	echo "database: $hist_bytes bytes (4 KiB pages, $hist_rows rows), txids 1..$last; command: ${command_line% }"
-	echo
-	echo "| source | mount s | first point query s | fetched by it | cp out | sqlfs restore | cp/restore |"
-	echo "|---|---|---|---|---|---|---|"
+	# The TXIDs mounted: the newest level-1 file ends at l1 (compaction
+	# caught up before the last commits, so l1 is where they start).
+	read -r l1min l1 < <(hist_ltx | awk '$1 == 1 { print $2, $3 }' | sort -n -k2 | tail -n 1)
+	declare -A hist_txids=(
+		[oldest]=1
+		[middle]=$(printf '%x' $((0x$last / 2)))
+		[before-l1]=$(printf '%x' $((l1 - 1)))
+		[after-l1]=$(printf '%x' $((l1 + 1)))
+		[newest]=$last
+	)
+	: >"$base/mount-times"
+	: >"$base/hist-table"
+	hist_mount_times "-data" -data "$data"
 	hist_measure "-data" -data "$data"
 	if [[ -n ${SQLFS_VERSITYGW:-} ]]; then
 		# versitygw's posix backend serves bucket/key as files: the data
@@ -217,15 +286,29 @@ if ((hist)); then
 		s3_pid=$!
 		for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port" && break; sleep 0.05; done
 		export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 XDG_CACHE_HOME=$base/cache
-		hist_measure "s3 (versitygw)" -replica "s3://backup/prod?endpoint=http://127.0.0.1:$port"
+		url="s3://backup/prod?endpoint=http://127.0.0.1:$port"
+		hist_mount_times "s3" -replica "$url"
+		hist_measure "s3 (versitygw)" -replica "$url"
 	fi
+
+	echo
+	echo "sqlfs historical mount, $(date -u +%Y-%m-%dT%H:%MZ), sqlfs built from commit $hist_rev"
+	echo "machine: $(nproc) cores, Linux $(uname -r); load average $load_start at start, $(cut -d' ' -f1 /proc/loadavg) at end"
+	echo "database: $hist_bytes bytes (4 KiB pages, $hist_rows rows), txids 1..$last; command: ${command_line% }"
+	echo "history: $files_by_level; live mount ${hist_levels[*]} for the first $((hist_commits - tail_commits)) commits, compaction caught up $caught_up_s s after them; the last $tail_commits commits with -levels none"
+	echo
+	echo "| txid | files in plan | mount s, -data | mount s, s3 |"
+	echo "|---|---|---|---|"
+	for name in oldest middle before-l1 after-l1 newest; do
+		awk -v n="$name" -v t="${hist_txids[$name]}" '$1 == n { f = $4; s[$2] = $3 }
+			END { printf "| %s (%s) | %s | %s | %s |\n", n, t, f, s["-data"], ("s3" in s ? s["s3"] : "-") }' "$base/mount-times"
+	done
+	echo
+	echo "| source | mount s | first point query s | fetched by it | cp out | sqlfs restore | cp/restore |"
+	echo "|---|---|---|---|---|---|---|"
+	cat "$base/hist-table"
 	exit 0
 fi
-
-mount_log_tail() {
-	[[ -s $base/mount.log ]] && { sqlfs_say "last lines of the sqlfs log:"; tail -n 20 "$base/mount.log" >&2; }
-	return 0
-}
 
 sqlfs_say "building benchdriver$( ((native_only)) || [[ -n ${SQLFS_BIN:-} ]] || printf ' and sqlfs')"
 (cd "$SQLFS_ROOT" && go build -o "$bin/benchdriver" ./scripts/benchdriver)

@@ -43,13 +43,45 @@ var _ ListerAfter = (*S3Replica)(nil)
 // LTXFilesAfter lists with StartAfter set past every key whose MinTXID is
 // <= after: names are fixed-width hex, so they sort in TXID order.
 func (r *S3Replica) LTXFilesAfter(ctx context.Context, db string, level int, after ltx.TXID) ([]*ltx.FileInfo, error) {
-	return r.listLevel(ctx, db, level, after)
+	return r.listLevelUpTo(ctx, db, level, after, 0)
+}
+
+// LTXFilesBetween lists db's files at level with after < MinTXID <= upTo.
+// On S3 it stops paging once a page ends past upTo, so it costs one request
+// for the first thousand files after after, however many follow; a server
+// that does not list keys in order may then leave some out. Elsewhere it
+// filters LTXFilesAfter.
+func LTXFilesBetween(ctx context.Context, r Replica, db string, level int, after, upTo ltx.TXID) ([]*ltx.FileInfo, error) {
+	var infos []*ltx.FileInfo
+	var err error
+	if s3r, ok := r.(*S3Replica); ok {
+		infos, err = s3r.listLevelUpTo(ctx, db, level, after, upTo)
+	} else {
+		infos, err = LTXFilesAfter(ctx, r, db, level, after)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []*ltx.FileInfo // a new slice: infos may be the replica's own
+	for _, fi := range infos {
+		if fi.MinTXID <= upTo {
+			out = append(out, fi)
+		}
+	}
+	return out, nil
 }
 
 // listLevel lists a level's files with MinTXID > after, following
-// pagination. CreatedAt is the object's LastModified, the time of the
-// upload; the commit time is in the LTX header and the object metadata.
+// pagination.
 func (r *S3Replica) listLevel(ctx context.Context, db string, level int, after ltx.TXID) ([]*ltx.FileInfo, error) {
+	return r.listLevelUpTo(ctx, db, level, after, 0)
+}
+
+// listLevelUpTo lists a level's files with MinTXID > after, following
+// pagination until a page ends past upTo (0: to the end). CreatedAt is the
+// object's LastModified, the time of the upload; the commit time is in the
+// LTX header and the object metadata.
+func (r *S3Replica) listLevelUpTo(ctx context.Context, db string, level int, after, upTo ltx.TXID) ([]*ltx.FileInfo, error) {
 	lp := r.levelPrefix(db, level)
 	in := &s3.ListObjectsV2Input{Bucket: aws.String(r.bucket), Prefix: aws.String(lp)}
 	if after > 0 {
@@ -57,7 +89,7 @@ func (r *S3Replica) listLevel(ctx context.Context, db string, level int, after l
 	}
 	var infos []*ltx.FileInfo
 	p := s3.NewListObjectsV2Paginator(r.client, in)
-	for p.HasMorePages() {
+	for more := true; more && p.HasMorePages(); {
 		page, err := p.NextPage(ctx)
 		if err != nil {
 			return nil, r.wrap("list", lp, err)
@@ -66,6 +98,9 @@ func (r *S3Replica) listLevel(ctx context.Context, db string, level int, after l
 			minTXID, maxTXID, err := ltx.ParseFilename(strings.TrimPrefix(aws.ToString(obj.Key), lp))
 			if err != nil || minTXID <= after {
 				continue // strangers, including anything deeper down
+			}
+			if upTo != 0 && minTXID > upTo {
+				more = false // keys are in order: the next pages start later still
 			}
 			infos = append(infos, &ltx.FileInfo{
 				Level: level, MinTXID: minTXID, MaxTXID: maxTXID,

@@ -15,6 +15,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
@@ -85,6 +86,12 @@ func NewS3Replica(ctx context.Context, c S3Config) (*S3Replica, error) {
 		// S3 compatible server takes it). An LTX file has its own checksum,
 		// which every reader verifies.
 		cfg.RequestChecksumCalculation = aws.RequestChecksumCalculationWhenRequired
+	}
+	if bc, ok := cfg.HTTPClient.(*awshttp.BuildableClient); ok {
+		// Readers keep up to 64 requests in flight (a historical mount
+		// reading page indexes); the SDK keeps 10 idle connections per
+		// host, so most of them were dialled anew for every request.
+		cfg.HTTPClient = bc.WithTransportOptions(func(tr *http.Transport) { tr.MaxIdleConnsPerHost = 128 })
 	}
 	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
 		if c.Endpoint != "" {

@@ -313,6 +313,18 @@ func TestS3ListPaginates(t *testing.T) {
 			t.Fatalf("file %d: %d-%d size %d", i, fi.MinTXID, fi.MaxTXID, fi.Size)
 		}
 	}
+	// A listing bounded above stops paging early and still returns exactly
+	// the files in range, on either side of a page boundary.
+	for _, tt := range []struct{ after, upTo ltx.TXID }{{0, 1}, {5, 10}, {990, 1010}, {0, 1050}, {1090, 5000}} {
+		infos, err := LTXFilesBetween(ctx, r, "app.db", 0, tt.after, tt.upTo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := min(tt.upTo, n) - tt.after
+		if ltx.TXID(len(infos)) != want || infos[0].MinTXID != tt.after+1 || infos[len(infos)-1].MinTXID != tt.after+want {
+			t.Fatalf("LTXFilesBetween(%d, %d) = %d files, want %d from %d", tt.after, tt.upTo, len(infos), want, tt.after+1)
+		}
+	}
 }
 
 func TestS3Errors(t *testing.T) {

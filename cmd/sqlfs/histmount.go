@@ -27,6 +27,7 @@ type histMount struct {
 	data, replica  string
 	db             string
 	verbose, debug bool
+	pageCacheMiB   int64 // bound of the disk cache of pages from S3
 }
 
 // runHistMount mounts past states of databases read-only and serves them
@@ -58,6 +59,9 @@ func runHistMount(ctx context.Context, hm histMount, stderr io.Writer) error {
 	} else if at, err = time.Parse(time.RFC3339Nano, hm.atTime); err != nil {
 		return usagef("-at-time %s: not an RFC 3339 time like 2024-01-15T09:00:00Z", hm.atTime)
 	}
+	if hm.pageCacheMiB <= 0 {
+		return usagef("-page-cache-mib %d: give a positive number of MiB", hm.pageCacheMiB)
+	}
 	mnt, err := filepath.Abs(hm.fset.Arg(0))
 	if err != nil {
 		return err
@@ -72,7 +76,7 @@ func runHistMount(ctx context.Context, hm histMount, stderr io.Writer) error {
 	}
 
 	start := time.Now()
-	opt := restore.PageSourceOptions{Rollback: true, Log: log, ReplicaID: h.where}
+	opt := restore.PageSourceOptions{Rollback: true, Log: log, ReplicaID: h.where, CacheBytes: hm.pageCacheMiB << 20}
 	if _, ok := h.replica.(*ship.S3Replica); ok {
 		opt.CacheDir = pageCacheDir()
 	}

@@ -49,6 +49,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	atTXID := fset.String("at-txid", "", "mount read-only the database as of `TXID` (hex, as sqlfs ltx prints it); see histmount.go")
 	atTime := fset.String("at-time", "", "mount read-only the databases as of `TIME` (RFC 3339): the last commit at or before it")
 	dbName := fset.String("db", "", "with -at-txid or -at-time: the database `NAME` in the data dir or replica")
+	pageCacheMiB := fset.Int64("page-cache-mib", 2048, "with -at-txid or -at-time from an s3:// replica: keep at most `MIB` MiB of fetched pages on disk")
 	var shipOpt ship.Options
 	fset.IntVar(&shipOpt.MaxBacklog, "max-backlog", 1000, "merge the commits waiting for the replica into one LTX file once more than `N` wait (0: never)")
 	fset.DurationVar(&shipOpt.MaxLag, "max-lag", 0, "merge the commits waiting for the replica once the oldest has waited this long (0: never)")
@@ -59,7 +60,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if *atTXID != "" || *atTime != "" {
 		return runHistMount(ctx, histMount{fset: fset, atTXID: *atTXID, atTime: *atTime, data: *data,
-			replica: *replicaURL, db: *dbName, verbose: *verbose, debug: *fuseDebug}, stderr)
+			replica: *replicaURL, db: *dbName, verbose: *verbose, debug: *fuseDebug, pageCacheMiB: *pageCacheMiB}, stderr)
 	}
 	levels, err := levelFlags.levels()
 	if err != nil {

@@ -1,0 +1,87 @@
+package restore
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// The disk cache stays under its bound by evicting whole entries, least
+// recently used first, keeps a file larger than the bound only in part,
+// and applies the bound to what an earlier process left.
+func TestDiskCacheBound(t *testing.T) {
+	dir := t.TempDir()
+	const per = diskChunk + 8 // one chunk and its sum
+	c, err := newDiskCache(dir, 5*per, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := func(key string, size int64) []byte {
+		return bytes.Repeat([]byte(key[:1]), int(size))
+	}
+	fetched := map[string]int64{}
+	read := func(key string, chunks int64) {
+		t.Helper()
+		size := chunks * diskChunk
+		got, err := c.read(key, size, 0, size, func(off, n int64) ([]byte, error) {
+			fetched[key] += n
+			return content(key, size)[off : off+n], nil
+		})
+		if err != nil || !bytes.Equal(got, content(key, size)) {
+			t.Fatalf("read %s: %v", key, err)
+		}
+	}
+	exists := func(key string) bool {
+		_, err := os.Stat(filepath.Join(dir, key+".data"))
+		return err == nil
+	}
+	onDisk := func() int64 {
+		var n int64
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			fi, _ := e.Info()
+			n += allocated(fi)
+		}
+		return n
+	}
+
+	read("a", 2)
+	read("b", 2)
+	read("a", 2) // from the cache: a is now more recent than b
+	if fetched["a"] != 2*diskChunk {
+		t.Fatalf("a fetched %d bytes, want %d (once)", fetched["a"], 2*diskChunk)
+	}
+	read("c", 2) // 6 chunks > 5: the least recently used entry (b) goes, whole
+	if exists("b") || !exists("a") || !exists("c") {
+		t.Fatalf("after c: a %v b %v c %v, want a and c kept, b evicted", exists("a"), exists("b"), exists("c"))
+	}
+	if _, err := os.Stat(filepath.Join(dir, "b.sums")); !os.IsNotExist(err) {
+		t.Fatal("b's sums were left behind")
+	}
+	if c.used > 5*per {
+		t.Fatalf("cache counts %d bytes, bound %d", c.used, 5*per)
+	}
+
+	read("d", 8) // larger than the bound: everything else goes, d kept in part
+	if exists("a") || exists("c") {
+		t.Fatal("older entries kept beside a file larger than the bound")
+	}
+	if c.used > 5*per || onDisk() > 5*per+2*4096 {
+		t.Fatalf("cache counts %d bytes, %d on disk; bound %d", c.used, onDisk(), 5*per)
+	}
+	before := fetched["d"]
+	read("d", 8)
+	if got := fetched["d"] - before; got != 3*diskChunk {
+		t.Fatalf("second read of d fetched %d bytes, want the 3 chunks that did not fit", got)
+	}
+
+	// A process starting with a smaller bound trims what it finds.
+	c2, err := newDiskCache(dir, 2*per, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exists("d") || c2.used != 0 {
+		t.Fatalf("a cache opened with a smaller bound kept d (%d bytes)", c2.used)
+	}
+}
