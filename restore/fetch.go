@@ -27,7 +27,8 @@ import (
 // (the reader until it moves past the chunk, and every batch with a block in
 // it), and the last to let go returns the buffer to the free list. A holder
 // that never lets go (an error path) only costs the reuse: the buffer goes to
-// the garbage collector instead.
+// the garbage collector instead. The free list adds no memory: a buffer is
+// made only when the list is empty.
 type fetcher struct {
 	ctx    context.Context
 	cancel context.CancelFunc
