@@ -71,7 +71,7 @@ func randomDB(r *rand.Rand, ps, n int) []byte {
 func TestRestoreLargeSnapshot(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 1))
 	const ps = 4096
-	db := randomDB(r, ps, 5000) // ~20 MB: five 4 MiB chunks, twenty batches
+	db := randomDB(r, ps, 5000) // ~20 MB: many chunks, twenty batches
 	file := snapshotLTX(t, ps, db)
 	rep := ship.NewFileReplica(t.TempDir())
 	if err := rep.WriteLTX("big.db", 0, 1, 1, file, false); err != nil {
@@ -210,7 +210,7 @@ func BenchmarkRestoreSnapshot(b *testing.B) {
 // in the snapshot, so a restore reads every file.
 func reuseHistory(t *testing.T) *history {
 	r := rand.New(rand.NewPCG(6, 6))
-	const ps, n = 4096, 2600 // the snapshot is about 2.5 chunks
+	const ps, n = 4096, 2600 // the snapshot spans several chunks
 	h := newHistory(t, "reuse.db")
 	db := randomDB(r, ps, n)
 	pages := map[uint32][]byte{}
