@@ -78,7 +78,7 @@ const (
 	// mean more requests (1 MiB was slower from S3); larger ones, more bytes
 	// in flight than the CPU caches hold, likely why a 1 GiB restore from a
 	// file replica took 2.2 s with 4 MiB and 1.3 s with 2 MiB, while from S3
-	// both took 3.7 s (docs/BENCHMARKS.md).
+	// both took 3.7-3.8 s (docs/BENCHMARKS.md).
 	chunkSize = 2 << 20
 	// maxResumes is how often one chunk is resumed after a read that failed
 	// half way before the restore gives up.
