@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 
 	"github.com/sqlfs/sqlfs/ship"
@@ -26,7 +25,7 @@ import (
 // the result is, against the newest file's post-apply checksum. A file whose
 // page size differs from the final database's ends the walk the same way: the
 // page-size change rewrote every page of the new database.
-func apply(ctx context.Context, r ship.Replica, db string, plan []*ltx.FileInfo, out *os.File, opt Options) (*Result, error) {
+func apply(ctx context.Context, r ship.Replica, db string, plan []*ltx.FileInfo, out output, opt Options) (*Result, error) {
 	newestFirst := slices.Clone(plan)
 	slices.Reverse(newestFirst)
 	if opt.Progress != nil {
@@ -183,7 +182,7 @@ const maxRun = 1 << 20
 // gathered into runs, and a second goroutine checksums and writes each run
 // while the decoder fills the next.
 type pageWriter struct {
-	out       *os.File
+	out       output
 	pageSize  uint32
 	commit    uint32   // final database size in pages
 	lockPgno  uint32   // never written: zeros in the output
@@ -214,7 +213,7 @@ type pageRun struct {
 // writer.
 const runBuffers = 4
 
-func newPageWriter(out *os.File, pageSize, commit uint32) *pageWriter {
+func newPageWriter(out output, pageSize, commit uint32) *pageWriter {
 	w := &pageWriter{
 		out:       out,
 		pageSize:  pageSize,

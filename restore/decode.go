@@ -39,6 +39,7 @@ type batch struct {
 	pgnos  []uint32 // page numbers, ascending
 	blocks [][]byte // LZ4 blocks, slices of the download buffers
 	write  []bool   // whether the page goes into the output
+	pins   []*chunk // the chunks blocks point into, each pinned once
 
 	// Results, set by decodeBatch.
 	crc  uint64 // of the bytes the file checksum hashes for these frames
@@ -75,6 +76,7 @@ func (d *batchDecoder) decode(b *batch) {
 		// The blocks pin download buffers: let them go as soon as the
 		// batch is done, not when the file is.
 		b.blocks, b.write = nil, nil
+		b.unpin()
 		if b.err != nil {
 			d.failed.Store(true)
 		}
@@ -129,6 +131,26 @@ func (d *batchDecoder) decode(b *batch) {
 	}
 }
 
+// add appends a frame whose LZ4 block is in chunk c (nil: a copy) and pins c.
+func (b *batch) add(pgno uint32, block []byte, c *chunk, write bool) {
+	b.pgnos = append(b.pgnos, pgno)
+	b.blocks = append(b.blocks, block)
+	b.write = append(b.write, write)
+	if c != nil && (len(b.pins) == 0 || b.pins[len(b.pins)-1] != c) {
+		c.pin()
+		b.pins = append(b.pins, c)
+	}
+}
+
+// unpin lets go of the chunks b's blocks point into; they must not be read
+// after.
+func (b *batch) unpin() {
+	for _, c := range b.pins {
+		c.release()
+	}
+	b.pins = nil
+}
+
 // hashedLen is how many bytes of the file checksum b's frames account for.
 func (b *batch) hashedLen(pageSize uint32) int64 {
 	return int64(len(b.pgnos)) * (framePrefix + int64(pageSize))
@@ -143,22 +165,31 @@ type chunkReader struct {
 }
 
 // next returns the next n bytes: a slice of a download buffer when they lie
-// in one, else a copy.
+// in one, else a copy. A slice may be read until the reader moves past its
+// chunk; see view to keep it longer.
 func (r *chunkReader) next(n int) ([]byte, error) {
+	b, _, err := r.view(n)
+	return b, err
+}
+
+// view is next, and also returns the chunk the bytes are a slice of, nil
+// for a copy. Pinning that chunk before the next read keeps the bytes valid
+// until it is released.
+func (r *chunkReader) view(n int) ([]byte, *chunk, error) {
 	if len(r.buf) >= n {
 		b := r.buf[:n:n]
 		r.buf = r.buf[n:]
 		r.off += int64(n)
-		return b, nil
+		return b, r.src.current(), nil
 	}
 	out := make([]byte, 0, n)
 	for len(out) < n {
 		if len(r.buf) == 0 {
 			b, err := r.src.take()
 			if err == io.EOF {
-				return nil, io.ErrUnexpectedEOF
+				return nil, nil, io.ErrUnexpectedEOF
 			} else if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			r.buf = b
 		}
@@ -167,7 +198,7 @@ func (r *chunkReader) next(n int) ([]byte, error) {
 		r.buf = r.buf[k:]
 	}
 	r.off += int64(n)
-	return out, nil
+	return out, nil, nil
 }
 
 func (r *chunkReader) ReadByte() (byte, error) {
@@ -313,16 +344,14 @@ func (f *ltxFile) applyBlocks(ctx context.Context, r *chunkReader, crc uint64, p
 		if size > uint32(lz4.CompressBlockBound(int(f.hdr.PageSize))) {
 			return stop(f.corrupt(fmt.Errorf("page %d: LZ4 block of %d bytes for a %d-byte page", n+1, size, f.hdr.PageSize)))
 		}
-		block, err := r.next(int(size))
+		block, c, err := r.view(int(size))
 		if err != nil {
 			return stop(f.readErr(fmt.Sprintf("page %d: read compressed data", n+1), err))
 		}
 		if cur == nil {
 			cur = &batch{first: n, pgnos: make([]uint32, 0, per), blocks: make([][]byte, 0, per), write: make([]bool, 0, per)}
 		}
-		cur.pgnos = append(cur.pgnos, ph.Pgno)
-		cur.blocks = append(cur.blocks, block)
-		cur.write = append(cur.write, pw.claim(ph.Pgno))
+		cur.add(ph.Pgno, block, c, pw.claim(ph.Pgno)) // pins c before the next read
 		pgnos = append(pgnos, ph.Pgno)
 		if len(cur.pgnos) == per {
 			dispatch(cur)

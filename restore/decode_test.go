@@ -71,7 +71,7 @@ func randomDB(r *rand.Rand, ps, n int) []byte {
 func TestRestoreLargeSnapshot(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 1))
 	const ps = 4096
-	db := randomDB(r, ps, 5000) // ~20 MB: five 4 MiB chunks, twenty batches
+	db := randomDB(r, ps, 5000) // ~20 MB: many chunks, twenty batches
 	file := snapshotLTX(t, ps, db)
 	rep := ship.NewFileReplica(t.TempDir())
 	if err := rep.WriteLTX("big.db", 0, 1, 1, file, false); err != nil {
@@ -201,5 +201,91 @@ func BenchmarkRestoreSnapshot(b *testing.B) {
 			b.Fatal(err)
 		}
 		os.Remove(out)
+	}
+}
+
+// reuseHistory is a history of 4 KiB pages whose files range from one page
+// to several download chunks, so batches and chunks end at every kind of
+// place and full-size chunk buffers are reused many times. Page 1 is only
+// in the snapshot, so a restore reads every file.
+func reuseHistory(t *testing.T) *history {
+	r := rand.New(rand.NewPCG(6, 6))
+	const ps, n = 4096, 2600 // the snapshot spans several chunks
+	h := newHistory(t, "reuse.db")
+	db := randomDB(r, ps, n)
+	pages := map[uint32][]byte{}
+	for pgno := uint32(1); pgno <= n; pgno++ {
+		pages[pgno] = db[int(pgno-1)*ps : int(pgno)*ps]
+	}
+	h.commitPages(ps, n, pages)
+	for _, k := range []int{1, 1500, 3, 255, 256, 257, 1023, 1024, 1025, 17, 2000, 511, 700, 2599, 2} {
+		changed := map[uint32][]byte{}
+		for _, i := range r.Perm(n - 1)[:k] {
+			page := randomDB(r, ps, 5)[(i%5)*ps : (i%5+1)*ps] // random, zeros or half random
+			changed[uint32(i+2)] = page
+		}
+		h.commitPages(ps, n, changed)
+		clear(h.states) // keep only the latest state: h.state
+	}
+	return h
+}
+
+// TestRestoreReusedBuffers restores a history of files of many sizes with
+// few and many reads in flight: the bytes must be exact, so no download
+// buffer was reused while a batch still pointed into it.
+func TestRestoreReusedBuffers(t *testing.T) {
+	h := reuseHistory(t)
+	for _, parallelism := range []int{1, 2, 16} {
+		out := filepath.Join(t.TempDir(), "reuse.db")
+		res, err := Restore(context.Background(), h.rep, "reuse.db", Options{Output: out, Parallelism: parallelism})
+		if err != nil {
+			t.Fatalf("parallelism %d: %v", parallelism, err)
+		}
+		got, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, h.state) {
+			t.Fatalf("parallelism %d: restored database differs", parallelism)
+		}
+		if res.TXID != h.txid {
+			t.Fatalf("parallelism %d: txid %s, want %s", parallelism, res.TXID, h.txid)
+		}
+	}
+}
+
+// TestRestoreReusedBuffersCorrupt damages one file of that history, in a
+// page late in a large file (a reused buffer) and in a small one: the
+// restore must fail naming that file, whatever the parallelism.
+func TestRestoreReusedBuffersCorrupt(t *testing.T) {
+	h := reuseHistory(t)
+	for _, tt := range []struct {
+		txid ltx.TXID
+		frac float64 // where in the file, as a fraction of its size
+	}{{3, 0.9}, {12, 0.7}, {4, 0.5}, {1, 0.95}} {
+		path := h.path(tt.txid)
+		orig, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := bytes.Clone(orig)
+		bad[ltx.HeaderSize+int(float64(len(bad)-ltx.HeaderSize-ltx.TrailerSize)*tt.frac)] ^= 0x20
+		if err := os.WriteFile(path, bad, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for _, parallelism := range []int{1, 16} {
+			dir := t.TempDir()
+			_, err := Restore(context.Background(), h.rep, "reuse.db", Options{Output: filepath.Join(dir, "reuse.db"), Parallelism: parallelism})
+			name := fmt.Sprintf("reuse.db/0000/%s-%s.ltx: ", tt.txid, tt.txid)
+			if !(errors.Is(err, ErrCorrupt) || errors.Is(err, ErrChecksumMismatch)) || !strings.HasPrefix(err.Error(), name) {
+				t.Fatalf("txid %s, parallelism %d: err = %v", tt.txid, parallelism, err)
+			}
+			if names := dirNames(t, dir); len(names) != 0 {
+				t.Fatalf("left behind: %v", names)
+			}
+		}
+		if err := os.WriteFile(path, orig, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

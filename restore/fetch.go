@@ -19,14 +19,23 @@ import (
 // or thousands of small commits.
 //
 // Invariant: chunks reach the reader in file order and byte order; at most
-// 2*parallelism+1 chunks are held in memory at any time. A chunk whose read
-// is cut short (a dropped connection) is resumed from the byte it reached.
+// 2*parallelism+1 chunks are held in memory at any time, besides those the
+// decoder's batches still point into. A chunk whose read is cut short (a
+// dropped connection) is resumed from the byte it reached.
+//
+// Full-size chunk buffers are reused: a chunk counts who holds its buffer
+// (the reader until it moves past the chunk, and every batch with a block in
+// it), and the last to let go returns the buffer to the free list. A holder
+// that never lets go (an error path) only costs the reuse: the buffer goes to
+// the garbage collector instead. The free list adds no memory: a buffer is
+// made only when the list is empty.
 type fetcher struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	queue  chan *chunk // in order; closed after the last chunk
 	wg     sync.WaitGroup
 	prog   *Progress
+	free   chan []byte // full-size buffers no chunk holds
 
 	file int    // index of the file being read
 	cur  *chunk // the chunk being read
@@ -42,11 +51,35 @@ type chunk struct {
 	last bool // the file's final chunk
 	err  error
 	done chan struct{}
+
+	refs atomic.Int32 // holders of buf; see fetcher
+	free chan []byte  // where buf goes when refs reaches 0; nil: not reused
+}
+
+// pin adds a holder of c's buffer. Only a holder may call it.
+func (c *chunk) pin() { c.refs.Add(1) }
+
+// release drops a holder of c's buffer; after the last, buf is reused and
+// no slice of it may be read.
+func (c *chunk) release() {
+	switch n := c.refs.Add(-1); {
+	case n < 0:
+		panic("restore: chunk released more often than pinned")
+	case n == 0 && c.free != nil:
+		select {
+		case c.free <- c.buf[:cap(c.buf)]:
+		default: // the free list is full
+		}
+	}
 }
 
 const (
-	// chunkSize is the most bytes one ranged read asks for.
-	chunkSize = 4 << 20
+	// chunkSize is the most bytes one ranged read asks for. Smaller chunks
+	// mean more requests (1 MiB was slower from S3); larger ones, more bytes
+	// in flight than the CPU caches hold, likely why a 1 GiB restore from a
+	// file replica took 2.2 s with 4 MiB and 1.3 s with 2 MiB, while from S3
+	// both took 3.7-3.8 s (docs/BENCHMARKS.md).
+	chunkSize = 2 << 20
 	// maxResumes is how often one chunk is resumed after a read that failed
 	// half way before the restore gives up.
 	maxResumes = 5
@@ -61,7 +94,7 @@ func newFetcher(ctx context.Context, r ship.Replica, db string, files []*ltx.Fil
 		parallelism = DefaultParallelism
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	f := &fetcher{ctx: ctx, cancel: cancel, queue: make(chan *chunk, parallelism), prog: prog}
+	f := &fetcher{ctx: ctx, cancel: cancel, queue: make(chan *chunk, parallelism), prog: prog, free: make(chan []byte, 2*parallelism+2)}
 	work := make(chan *chunk)
 	for range parallelism {
 		f.wg.Add(1)
@@ -80,8 +113,8 @@ func newFetcher(ctx context.Context, r ship.Replica, db string, files []*ltx.Fil
 		defer close(work)
 		for i, fi := range files {
 			for off := int64(0); off < fi.Size || off == 0; off += chunkSize {
-				n := min(chunkSize, fi.Size-off)
-				c := &chunk{file: i, off: off, buf: make([]byte, max(n, 0)), last: off+chunkSize >= fi.Size, done: make(chan struct{})}
+				c := &chunk{file: i, off: off, last: off+chunkSize >= fi.Size, done: make(chan struct{})}
+				f.alloc(c, int(max(min(chunkSize, fi.Size-off), 0)))
 				select {
 				case work <- c:
 				case <-ctx.Done():
@@ -96,6 +129,24 @@ func newFetcher(ctx context.Context, r ship.Replica, db string, files []*ltx.Fil
 		}
 	}()
 	return f
+}
+
+// alloc gives c a buffer of n bytes, held by the reader: a free one when n
+// is large enough to be worth reusing. A reused buffer holds old bytes, but
+// the reader sees a chunk only once fetchChunk has filled it.
+func (f *fetcher) alloc(c *chunk, n int) {
+	c.refs.Store(1)
+	if n < chunkSize/2 {
+		c.buf = make([]byte, n)
+		return
+	}
+	c.free = f.free
+	select {
+	case b := <-f.free:
+		c.buf = b[:n]
+	default:
+		c.buf = make([]byte, n, chunkSize)
+	}
 }
 
 // fetchChunk fills c.buf from the file's bytes at c.off, resuming a read
@@ -151,7 +202,8 @@ func (f *fetcher) Read(p []byte) (int, error) {
 
 // take returns the unread bytes of the current file's current chunk
 // without copying them and consumes them; io.EOF at the file's end. The
-// slice is the caller's: the fetcher never reuses a chunk's buffer.
+// slice may be read until the next call to Read, take or atEnd moves past
+// the chunk, unless the caller pins the chunk (current) first.
 func (f *fetcher) take() ([]byte, error) {
 	if err := f.load(); err != nil {
 		return nil, err
@@ -190,15 +242,22 @@ func (f *fetcher) load() error {
 			return f.ctx.Err()
 		}
 		if c.file < f.file {
-			continue // the rest of a file the reader moved past
+			c.release() // the rest of a file the reader moved past
+			continue
 		}
 		if c.err != nil {
 			f.err = c.err
 			return c.err
 		}
+		if f.cur != nil {
+			f.cur.release()
+		}
 		f.cur, f.pos = c, 0
 	}
 }
+
+// current is the chunk take last returned bytes of.
+func (f *fetcher) current() *chunk { return f.cur }
 
 // failure is the download error Read returned, if any: a decoder that
 // stopped on it saw no corrupt file, only a failed read.

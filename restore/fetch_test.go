@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -99,5 +100,62 @@ func TestRestoreCheck(t *testing.T) {
 	}
 	if names := dirNames(t, dir); len(names) != 0 {
 		t.Fatalf("left behind: %v", names)
+	}
+}
+
+// TestChunkRelease: a chunk's buffer goes back to the free list only when
+// its last holder lets go, and never twice.
+func TestChunkRelease(t *testing.T) {
+	free := make(chan []byte, 1)
+	c := &chunk{buf: make([]byte, 10, 20), free: free}
+	c.refs.Store(1) // the reader
+	c.pin()         // a batch
+	c.release()
+	if len(free) != 0 {
+		t.Fatal("buffer freed while a batch still holds it")
+	}
+	c.release()
+	if len(free) != 1 || cap(<-free) != 20 {
+		t.Fatal("buffer not freed, or not whole, after its last holder let go")
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("a release without a holder did not panic")
+		}
+	}()
+	c.release()
+}
+
+// TestFetcherReusesBuffers reads a file of many chunks the way apply does
+// and checks that its bytes arrive intact in fewer buffers than chunks.
+func TestFetcherReusesBuffers(t *testing.T) {
+	file := make([]byte, 8*chunkSize+123)
+	_, _ = rand.NewChaCha8([32]byte{5}).Read(file)
+	rep := ship.NewFileReplica(t.TempDir())
+	if err := rep.WriteLTX("f.db", 0, 1, 1, file, false); err != nil {
+		t.Fatal(err)
+	}
+	fi := &ltx.FileInfo{Level: 0, MinTXID: 1, MaxTXID: 1, Size: int64(len(file))}
+	for _, parallelism := range []int{1, 4} {
+		f := newFetcher(context.Background(), rep, "f.db", []*ltx.FileInfo{fi}, parallelism, nil)
+		var got []byte
+		bufs := map[*byte]bool{}
+		for {
+			b, err := f.take()
+			if err == io.EOF {
+				break
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			bufs[&b[0]] = true
+			got = append(got, b...)
+		}
+		f.close()
+		if !bytes.Equal(got, file) {
+			t.Fatalf("parallelism %d: bytes differ", parallelism)
+		}
+		if len(bufs) > 2*parallelism+3 {
+			t.Fatalf("parallelism %d: %d buffers for 9 chunks", parallelism, len(bufs))
+		}
 	}
 }

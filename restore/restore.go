@@ -145,7 +145,9 @@ func Restore(ctx context.Context, r ship.Replica, db string, opt Options) (res *
 		}
 	}()
 
-	res, err = apply(ctx, r, db, plan, f, opt)
+	out := newWriteback(f)
+	defer out.stop()
+	res, err = apply(ctx, r, db, plan, out, opt)
 	for retry := 0; retry < 3 && errors.Is(err, ship.ErrNotFound); retry++ {
 		// Retention removed a planned file meanwhile (it had merged it
 		// into one the new plan finds): start over, at the same target
@@ -156,7 +158,7 @@ func Restore(ctx context.Context, r ship.Replica, db string, opt Options) (res *
 		if err = f.Truncate(0); err != nil {
 			return nil, fmt.Errorf("restore %s: %w", db, err)
 		}
-		res, err = apply(ctx, r, db, plan, f, opt)
+		res, err = apply(ctx, r, db, plan, out, opt)
 	}
 	if err != nil {
 		return nil, err
