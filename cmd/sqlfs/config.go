@@ -30,6 +30,7 @@ var configKeys = []string{
 	"data", "mount-point", "replica", "sync-replica", "sync-timeout", "shutdown-timeout",
 	"restore-if-missing", "exec", "parallelism", "integrity-check",
 	"levels", "snapshot-interval", "retention-l0", "retention",
+	"max-backlog", "max-lag", "max-put-rate", "page-cache-mib",
 }
 
 // addConfigFlag gives a command the -config flag.

@@ -72,7 +72,7 @@ func TestConfigErrors(t *testing.T) {
 		args       []string
 		msg        string // after "sqlfs CMD: config FILE: "
 	}{
-		{"unknown key", "data: /x\nreplcia: s3://b/p\n", []string{"ltx"}, `line 2: unknown key "replcia" (want one of data, mount-point, replica, sync-replica, sync-timeout, shutdown-timeout, restore-if-missing, exec, parallelism, integrity-check, levels, snapshot-interval, retention-l0, retention)`},
+		{"unknown key", "data: /x\nreplcia: s3://b/p\n", []string{"ltx"}, `line 2: unknown key "replcia" (want one of data, mount-point, replica, sync-replica, sync-timeout, shutdown-timeout, restore-if-missing, exec, parallelism, integrity-check, levels, snapshot-interval, retention-l0, retention, max-backlog, max-lag, max-put-rate, page-cache-mib)`},
 		{"not YAML", "data: [unclosed\n", []string{"ltx"}, "line 1: did not find expected ',' or ']'"},
 		{"not a mapping", "- data\n", []string{"ltx"}, "line 1: want a mapping of keys to values (data: /var/lib/sqlfs)"},
 		{"twice", "data: /a\ndata: /b\n", []string{"ltx"}, "line 2: data given twice"},
