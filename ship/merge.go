@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/pierrec/lz4/v4"
 	"github.com/superfly/ltx"
@@ -41,21 +42,11 @@ const (
 // once mergeMaxBytes are read, and merges them into one LTX file. It returns
 // the file and the last TXID it covers (maxTXID unless it stopped early).
 func mergeLocal(ctx context.Context, store *Store, db string, minTXID, maxTXID ltx.TXID) ([]byte, ltx.TXID, error) {
-	var inputs [][]byte
-	total := 0
-	hi := minTXID - 1
-	for txid := minTXID; txid <= maxTXID && total < mergeMaxBytes; txid++ {
-		if err := ctx.Err(); err != nil {
-			return nil, 0, err
-		}
-		data, err := store.ReadLTX(db, txid, txid)
-		if err != nil {
-			return nil, 0, err
-		}
-		inputs = append(inputs, data)
-		total += len(data)
-		hi = txid
+	inputs, err := store.ReadCommits(db, minTXID, maxTXID, mergeMaxBytes)
+	if err != nil {
+		return nil, 0, err
 	}
+	hi := minTXID + ltx.TXID(len(inputs)) - 1
 	out, err := mergeFrames(ctx, inputs)
 	if errors.Is(err, errors.ErrUnsupported) {
 		out, _, err = compactLTX(ctx, inputs) // pages in the older LZ4-frame format
@@ -207,6 +198,18 @@ func writeFrames(b []byte, hdr ltx.Header, keep []uint32, frames map[uint32]ltxF
 	return binary.BigEndian.AppendUint64(b, uint64(tr.FileChecksum)), nil
 }
 
+// pageShifts holds a crc64iso.Shift for each page size seen: making one
+// costs more than merging a hundred small commits.
+var pageShifts sync.Map // uint32 -> *crc64iso.Shift
+
+func pageShift(pageSize uint32) *crc64iso.Shift {
+	if s, ok := pageShifts.Load(pageSize); ok {
+		return s.(*crc64iso.Shift)
+	}
+	s, _ := pageShifts.LoadOrStore(pageSize, crc64iso.NewShift(int64(pageSize)))
+	return s.(*crc64iso.Shift)
+}
+
 // ltxScanner verifies LTX files held in memory; it keeps its page buffer and
 // checksum tables between files.
 type ltxScanner struct {
@@ -233,7 +236,7 @@ func (s *ltxScanner) scan(data []byte, frame func(ltxFrame)) (ltx.Header, ltx.Tr
 	ps := int(hdr.PageSize)
 	if len(s.page) != ps {
 		s.page = make([]byte, ps)
-		s.shift = crc64iso.NewShift(int64(ps))
+		s.shift = pageShift(hdr.PageSize)
 	}
 	lock := ltx.LockPgno(hdr.PageSize)
 	snapshot := hdr.IsSnapshot() && !hdr.NoChecksum()
