@@ -12,7 +12,8 @@
 #     posix store behind versitygw, which links an object into place only
 #     once it is complete, so it is visible to a GET from that moment;
 #   - the write rate (wal-normal-writes) through a mount with the replica
-#     against bench.sh's mount without one, alternating;
+#     against bench.sh's mount without one, in pairs of runs one after the
+#     other (alternating which goes first); the ratio is taken in each pair;
 #   - PUTs per 1,000 commits at that full speed: objects in the replica once
 #     it has caught up, per 1,000 TXIDs.
 #
@@ -192,25 +193,35 @@ replication_run() {
 				sqlfs_say "replication round $r/$rounds: lag to $kind at $rate/s: p50 $(rep_field lag_p50_ms "$out") ms, p99 $(rep_field lag_p99_ms "$out") ms"
 			done
 		done
-		# Full speed: without a replica (bench.sh's mount), file, s3; the
-		# side that goes first rotates.
-		local sides=(none file s3 s3-cap)
-		sides=("${sides[@]:r%4}" "${sides[@]:0:r%4}")
-		for kind in "${sides[@]}"; do
-			local m=$mnt
-			[[ $kind != none ]] && m=$base/mnt-$kind
-			db=full-$r.db
-			settle "$duration"
-			out=$("$bin/benchdriver" -db "$m/$db" -workload wal-normal-writes -duration "$duration") ||
-				sqlfs_die "wal-normal-writes with replica $kind failed"
-			load=$(cut -d' ' -f1 /proc/loadavg)
-			echo "$kind $out load $load" >>"$base/replication.results"
-			v=$(rep_field ops_per_sec "$out")
-			rep[$kind,txs]+="$v "
-			if [[ $kind != none ]]; then
-				rep[$kind,puts]+="$(puts_per_1000 "$kind" "$db") "
-			fi
-			sqlfs_say "replication round $r/$rounds: wal-normal-writes with replica $kind: $v tx/s (load average $load)"
+		# Full speed: each replica's run is paired with a run without one
+		# (bench.sh's mount) just before or after it, alternating, and the
+		# ratio is taken within the pair: the other work on this shared
+		# machine changes over minutes, so runs far apart in time are not
+		# comparable. Which replica goes first rotates.
+		local kinds=(file s3 s3-cap) pair side
+		kinds=("${kinds[@]:r%3}" "${kinds[@]:0:r%3}")
+		for kind in "${kinds[@]}"; do
+			pair=(none "$kind")
+			((r % 2 == 0)) && pair=("$kind" none)
+			local -A got=()
+			for side in "${pair[@]}"; do
+				local m=$mnt
+				[[ $side != none ]] && m=$base/mnt-$side
+				db=full-$r-$kind.db
+				settle "$duration"
+				out=$("$bin/benchdriver" -db "$m/$db" -workload wal-normal-writes -duration "$duration") ||
+					sqlfs_die "wal-normal-writes with replica $side failed"
+				load=$(cut -d' ' -f1 /proc/loadavg)
+				echo "$side $out load $load" >>"$base/replication.results"
+				v=$(rep_field ops_per_sec "$out")
+				got[$side]=$v
+				rep[$side,txs]+="$v "
+				if [[ $side != none ]]; then
+					rep[$side,puts]+="$(puts_per_1000 "$side" "$db") "
+				fi
+				sqlfs_say "replication round $r/$rounds: wal-normal-writes with replica $side: $v tx/s (load average $load)"
+			done
+			rep[$kind,ratio]+="$(awk -v a="${got[$kind]}" -v b="${got[none]}" 'BEGIN { printf "%.3f", a / b }') "
 		done
 	done
 }
@@ -229,19 +240,18 @@ med_spread() {
 }
 
 replication_table() {
-	local kind none ratio
+	local kind
 	echo
 	echo "replication: lag from COMMIT returning to the object being visible in the replica (inotify on the"
 	echo "directory it lands in), medians of $rounds rounds of $lag_duration at each pace, (min–max) over rounds;"
-	echo "wal-normal-writes for $duration per round; ratio: tx/s with the replica / without; PUTs per 1,000 commits at that speed"
+	echo "wal-normal-writes for $duration per run; ratio: tx/s with the replica / without in a run just before or after it,"
+	echo "median (min–max) of the rounds' pairs; PUTs per 1,000 commits at that speed"
 	echo "s3-cap: S3 with -max-put-rate $put_rate; versitygw runs on the same cores, with --keep-alive"
 	echo
 	echo "| replica | lag p50 @10/s ms | lag p99 @10/s ms | lag p50 @100/s ms | lag p99 @100/s ms | tx/s | ratio | PUTs per 1,000 commits |"
 	echo "|---|---|---|---|---|---|---|---|"
-	none=$(printf '%s\n' ${rep[none,txs]} | median)
 	echo "| none | - | - | - | - | $(med_spread "${rep[none,txs]}") | 1.00 | - |"
 	for kind in file s3 s3-cap; do
-		ratio=$(awk -v a="$(printf '%s\n' ${rep[$kind,txs]} | median)" -v b="$none" 'BEGIN { printf "%.2f", a / b }')
-		echo "| $kind | $(med_spread "${rep[$kind,10,p50]}") | $(med_spread "${rep[$kind,10,p99]}") | $(med_spread "${rep[$kind,100,p50]}") | $(med_spread "${rep[$kind,100,p99]}") | $(med_spread "${rep[$kind,txs]}") | $ratio | $(med_spread "${rep[$kind,puts]}") |"
+		echo "| $kind | $(med_spread "${rep[$kind,10,p50]}") | $(med_spread "${rep[$kind,10,p99]}") | $(med_spread "${rep[$kind,100,p50]}") | $(med_spread "${rep[$kind,100,p99]}") | $(med_spread "${rep[$kind,txs]}") | $(med_spread "${rep[$kind,ratio]}") | $(med_spread "${rep[$kind,puts]}") |"
 	done
 }
