@@ -295,3 +295,44 @@ func TestUploaderKeepsMergingWhileBehind(t *testing.T) {
 		t.Fatalf("replica holds %s, want %s", got, want)
 	}
 }
+
+// TestUploaderSpacesMerges: while a backlog merges, an upload starts no
+// sooner than mergeEvery after the one before it, so what arrives meanwhile
+// goes up in one PUT instead of one each.
+func TestUploaderSpacesMerges(t *testing.T) {
+	ctx := context.Background()
+	store, replica, u := startUploader(t, Options{MaxBacklog: 5})
+	u.mu.Lock()
+	u.mergeEvery = time.Second
+	u.mu.Unlock()
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	u.Pause()
+	for txid := ltx.TXID(1); txid <= 10; txid++ {
+		appendTX(t, store, txid, false)
+	}
+	start := time.Now()
+	u.Resume()
+	if err := u.WaitFor(wctx, "app.db", 10); err != nil {
+		t.Fatal(err)
+	}
+	appendTX(t, store, 11, false)
+	time.Sleep(100 * time.Millisecond) // time enough to ship 11 alone
+	if pos := u.Pos("app.db"); pos != 10 {
+		t.Fatalf("replica at txid %s 100 ms after txid 11, want still 10 (the next merge waits)", pos)
+	}
+	appendTX(t, store, 12, false)
+	if err := u.WaitFor(wctx, "app.db", 12); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < time.Second {
+		t.Fatalf("txids 11-12 shipped %v after the merge before them, want at least 1s", took)
+	}
+	infos, err := replica.LTXFiles(ctx, "app.db", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rangesOf(infos), "1-10 11-12"; got != want {
+		t.Fatalf("replica holds %s, want %s", got, want)
+	}
+}
