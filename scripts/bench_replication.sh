@@ -12,12 +12,20 @@
 #     posix store behind versitygw, which links an object into place only
 #     once it is complete, so it is visible to a GET from that moment;
 #   - the write rate (wal-normal-writes) through a mount with the replica
-#     against bench.sh's mount without one, alternating;
+#     against bench.sh's mount without one, in pairs of runs one after the
+#     other (alternating which goes first); the ratio is taken in each pair;
 #   - PUTs per 1,000 commits at that full speed: objects in the replica once
 #     it has caught up, per 1,000 TXIDs.
 #
 # Sides: file (file://), s3 (defaults) and s3-cap (S3 with -max-put-rate
 # $SQLFS_BENCH_PUT_RATE, default 50).
+#
+# Every timed run starts on a settled machine (see settle): the mounts and
+# the S3 server idle, earlier runs' dirty data written back, and for a
+# full-speed run, no compaction instant inside it. Otherwise each run pays
+# for the background work of the one before it (tens of thousands of commits
+# written out as files, a replica catching up) or for four mounts compacting
+# at once, whichever side it measures.
 #
 # Every process it starts is stopped by PID in replication_cleanup.
 
@@ -116,11 +124,55 @@ puts_per_1000() {
 	awk -v n="${stats% *}" -v t="$want" 'BEGIN { printf "%.0f", 1000 * n / t }'
 }
 
+# bench_ticks prints the CPU time (clock ticks) used so far by the mounts and
+# the S3 server this benchmark started.
+bench_ticks() {
+	local p t=0 st
+	local -a f
+	for p in "$mount_pid" "${rep_pids[@]}" "$vgw_pid"; do
+		[[ -n $p ]] || continue
+		read -r st 2>/dev/null <"/proc/$p/stat" || continue
+		read -r -a f <<<"${st##*) }" # fields from 3 on: utime and stime are 14 and 15
+		t=$((t + f[11] + f[12]))
+	done
+	echo "$t"
+}
+
+# settle [D] waits until a timed run can start on a settled machine: dirty
+# data written back (sync), the mounts and the S3 server nearly idle (at most
+# 20 ms of CPU in half a second: writing earlier runs' commits out as files,
+# shipping a backlog and compacting are over), and with D (a duration), the
+# run ends at least a second before the next compaction instant: levels are
+# aligned to the wall clock, so every mount compacts at each multiple of 30 s
+# (-levels' first interval) and four mounts compacting at once would land in
+# whichever side runs then. It waits two minutes at the most.
+settle() {
+	local need=${1:+$(dur_ms "$1")} deadline=$((SECONDS + 120)) a b into
+	while ((SECONDS < deadline)); do
+		sync
+		a=$(bench_ticks)
+		sleep 0.5
+		b=$(bench_ticks)
+		((b - a <= 2)) || continue
+		[[ -n $need ]] || return 0
+		into=$(((${EPOCHREALTIME/./} / 1000) % 30000))
+		((into + need + 1000 <= 30000)) && return 0
+		sleep "$(awk -v ms=$((30000 - into + 500)) 'BEGIN { printf "%.3f", ms / 1000 }')"
+	done
+	sqlfs_say "warning: the mounts did not settle within 120 s; measuring anyway"
+}
+
+# dur_ms D prints a duration as bench.sh accepts it (500ms, 3s, 1.5m) in ms.
+dur_ms() {
+	awk -v d="$1" 'BEGIN { u = d; sub(/^[0-9.]+/, "", u); v = d + 0
+		printf "%d", v * (u == "ms" ? 1 : u == "s" ? 1000 : 60000) }'
+}
+
 rep_field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
 
 # replication_run measures everything, rounds times, alternating the sides.
 replication_run() {
-	local r kind rate out db v
+	local r kind rate out db v load
 	start_versitygw
 	export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1
 	export AWS_ENDPOINT_URL_S3=http://127.0.0.1:$vgw_port AWS_EC2_METADATA_DISABLED=true
@@ -133,6 +185,7 @@ replication_run() {
 		for kind in file s3 s3-cap; do
 			for rate in 10 100; do
 				db=lag-$rate-$r.db
+				settle
 				out=$("$bin/benchdriver" -db "$base/mnt-$kind/$db" -workload lag -rate "$rate" \
 					-duration "$lag_duration" -watch "$(replica_dir "$kind" "$db")") ||
 					sqlfs_die "lag at $rate/s to the $kind replica failed"
@@ -142,23 +195,35 @@ replication_run() {
 				sqlfs_say "replication round $r/$rounds: lag to $kind at $rate/s: p50 $(rep_field lag_p50_ms "$out") ms, p99 $(rep_field lag_p99_ms "$out") ms"
 			done
 		done
-		# Full speed: without a replica (bench.sh's mount), file, s3; the
-		# side that goes first rotates.
-		local sides=(none file s3 s3-cap)
-		sides=("${sides[@]:r%4}" "${sides[@]:0:r%4}")
-		for kind in "${sides[@]}"; do
-			local m=$mnt
-			[[ $kind != none ]] && m=$base/mnt-$kind
-			db=full-$r.db
-			out=$("$bin/benchdriver" -db "$m/$db" -workload wal-normal-writes -duration "$duration") ||
-				sqlfs_die "wal-normal-writes with replica $kind failed"
-			echo "$kind $out" >>"$base/replication.results"
-			v=$(rep_field ops_per_sec "$out")
-			rep[$kind,txs]+="$v "
-			if [[ $kind != none ]]; then
-				rep[$kind,puts]+="$(puts_per_1000 "$kind" "$db") "
-			fi
-			sqlfs_say "replication round $r/$rounds: wal-normal-writes with replica $kind: $v tx/s"
+		# Full speed: each replica's run is paired with a run without one
+		# (bench.sh's mount) just before or after it, alternating, and the
+		# ratio is taken within the pair: the other work on this shared
+		# machine changes over minutes, so runs far apart in time are not
+		# comparable. Which replica goes first rotates.
+		local kinds=(file s3 s3-cap) pair side
+		kinds=("${kinds[@]:r%3}" "${kinds[@]:0:r%3}")
+		for kind in "${kinds[@]}"; do
+			pair=(none "$kind")
+			((r % 2 == 0)) && pair=("$kind" none)
+			local -A got=()
+			for side in "${pair[@]}"; do
+				local m=$mnt
+				[[ $side != none ]] && m=$base/mnt-$side
+				db=full-$r-$kind.db
+				settle "$duration"
+				out=$("$bin/benchdriver" -db "$m/$db" -workload wal-normal-writes -duration "$duration") ||
+					sqlfs_die "wal-normal-writes with replica $side failed"
+				load=$(cut -d' ' -f1 /proc/loadavg)
+				echo "$side $out load $load" >>"$base/replication.results"
+				v=$(rep_field ops_per_sec "$out")
+				got[$side]=$v
+				rep[$side,txs]+="$v "
+				if [[ $side != none ]]; then
+					rep[$side,puts]+="$(puts_per_1000 "$side" "$db") "
+				fi
+				sqlfs_say "replication round $r/$rounds: wal-normal-writes with replica $side: $v tx/s (load average $load)"
+			done
+			rep[$kind,ratio]+="$(awk -v a="${got[$kind]}" -v b="${got[none]}" 'BEGIN { printf "%.3f", a / b }') "
 		done
 	done
 }
@@ -177,19 +242,18 @@ med_spread() {
 }
 
 replication_table() {
-	local kind none ratio
+	local kind
 	echo
 	echo "replication: lag from COMMIT returning to the object being visible in the replica (inotify on the"
 	echo "directory it lands in), medians of $rounds rounds of $lag_duration at each pace, (min–max) over rounds;"
-	echo "wal-normal-writes for $duration per round; ratio: tx/s with the replica / without; PUTs per 1,000 commits at that speed"
+	echo "wal-normal-writes for $duration per run; ratio: tx/s with the replica / without in a run just before or after it,"
+	echo "median (min–max) of the rounds' pairs; PUTs per 1,000 commits at that speed"
 	echo "s3-cap: S3 with -max-put-rate $put_rate; versitygw runs on the same cores, with --keep-alive"
 	echo
 	echo "| replica | lag p50 @10/s ms | lag p99 @10/s ms | lag p50 @100/s ms | lag p99 @100/s ms | tx/s | ratio | PUTs per 1,000 commits |"
 	echo "|---|---|---|---|---|---|---|---|"
-	none=$(printf '%s\n' ${rep[none,txs]} | median)
 	echo "| none | - | - | - | - | $(med_spread "${rep[none,txs]}") | 1.00 | - |"
 	for kind in file s3 s3-cap; do
-		ratio=$(awk -v a="$(printf '%s\n' ${rep[$kind,txs]} | median)" -v b="$none" 'BEGIN { printf "%.2f", a / b }')
-		echo "| $kind | $(med_spread "${rep[$kind,10,p50]}") | $(med_spread "${rep[$kind,10,p99]}") | $(med_spread "${rep[$kind,100,p50]}") | $(med_spread "${rep[$kind,100,p99]}") | $(med_spread "${rep[$kind,txs]}") | $ratio | $(med_spread "${rep[$kind,puts]}") |"
+		echo "| $kind | $(med_spread "${rep[$kind,10,p50]}") | $(med_spread "${rep[$kind,10,p99]}") | $(med_spread "${rep[$kind,100,p50]}") | $(med_spread "${rep[$kind,100,p99]}") | $(med_spread "${rep[$kind,txs]}") | $(med_spread "${rep[$kind,ratio]}") | $(med_spread "${rep[$kind,puts]}") |"
 	done
 }

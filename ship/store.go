@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -82,6 +83,7 @@ type captureLog struct {
 	size int64 // end of the live records: where the next one goes
 
 	queue  []logRecord // appended, not yet in the layout
+	pins   int         // readers reading queued records outside the lock: no trim
 	dirty  bool        // appended since the last fdatasync
 	direct bool        // a large commit was written as a file since the last sync
 }
@@ -179,6 +181,83 @@ func (s *Store) ReadLTX(db string, minTXID, maxTXID ltx.TXID) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %w", LTXPath(db, 0, minTXID, maxTXID), ErrNotFound)
 	}
 	return data, err
+}
+
+// ReadCommits returns the bytes of the stored commits of db from minTXID on,
+// one LTX file each, up to maxTXID or until maxBytes are read. Commits still
+// in the capture log are read with one read for each run of them: this is
+// how a backlog merge reads thousands of commits.
+func (s *Store) ReadCommits(db string, minTXID, maxTXID ltx.TXID, maxBytes int) ([][]byte, error) {
+	var out [][]byte
+	total := 0
+	for txid := minTXID; txid <= maxTXID && total < maxBytes; {
+		run, err := s.readLogged(db, txid, maxTXID, maxBytes-total)
+		if err != nil {
+			return nil, err
+		}
+		if len(run) == 0 {
+			data, err := s.ReadLTX(db, txid, txid)
+			if err != nil {
+				return nil, err
+			}
+			run = [][]byte{data}
+		}
+		for _, data := range run {
+			total += len(data)
+		}
+		out = append(out, run...)
+		txid += ltx.TXID(len(run))
+	}
+	return out, nil
+}
+
+// readLogged reads the longest run of single-commit records minTXID,
+// minTXID+1, ... (at most maxTXID, at least one record and at most about
+// maxBytes) from db's capture log with one read. The log is pinned meanwhile,
+// so it is not emptied under the read, and Append does not wait for it.
+func (s *Store) readLogged(db string, minTXID, maxTXID ltx.TXID, maxBytes int) ([][]byte, error) {
+	s.mu.Lock()
+	l := s.logs[db]
+	if l == nil {
+		s.mu.Unlock()
+		return nil, nil
+	}
+	q := l.queue
+	i := sort.Search(len(q), func(i int) bool { return q[i].min >= minTXID })
+	j, n := i, 0
+	for j < len(q) && q[j].min == minTXID+ltx.TXID(j-i) && q[j].max == q[j].min && q[j].min <= maxTXID &&
+		(j == i || q[j].off == q[j-1].off+int64(q[j-1].n+recordOverhead)) && (j == i || n < maxBytes) {
+		n += q[j].n
+		j++
+	}
+	run := slices.Clone(q[i:j])
+	if len(run) > 0 {
+		l.pins++
+	}
+	s.mu.Unlock()
+	if len(run) == 0 {
+		return nil, nil
+	}
+	defer func() {
+		s.mu.Lock()
+		l.pins--
+		s.mu.Unlock()
+	}()
+	first, last := run[0], run[len(run)-1]
+	buf := make([]byte, last.off+int64(last.n)-first.off)
+	m, err := unix.Pread(l.fd, buf, first.off)
+	if err == nil && m != len(buf) {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "read", Path: l.path, Err: err}
+	}
+	out := make([][]byte, len(run))
+	for k, r := range run {
+		at := r.off - first.off
+		out[k] = buf[at : at+int64(r.n) : at+int64(r.n)]
+	}
+	return out, nil
 }
 
 func (s *Store) append(db string, minTXID, maxTXID ltx.TXID, write func(io.Writer) error, durable bool) error {
@@ -411,7 +490,7 @@ func (s *Store) trim(force bool) {
 	s.mu.Lock()
 	var drained []*captureLog
 	for _, l := range s.logs {
-		if len(l.queue) == 0 && l.size > 0 && (force || l.size >= logTrimSize) {
+		if len(l.queue) == 0 && l.pins == 0 && l.size > 0 && (force || l.size >= logTrimSize) {
 			drained = append(drained, l)
 		}
 	}
@@ -426,8 +505,8 @@ func (s *Store) trim(force bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, l := range drained {
-		if len(l.queue) != 0 {
-			continue // appended meanwhile: next time
+		if len(l.queue) != 0 || l.pins != 0 {
+			continue // appended or being read meanwhile: next time
 		}
 		// Readers must see an empty log, not the records now in files
 		// (which retention may remove later): break the first record's magic.

@@ -3,6 +3,7 @@ package ship
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -188,5 +189,56 @@ func TestStoreLargeCommitBypassesLog(t *testing.T) {
 			t.Fatal("logged commit 3 never written out")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestStoreReadCommits: a run of commits reads back byte for byte whether
+// each is still in the capture log, written out, or a large commit that
+// bypassed the log, and the read stops once the bytes asked for are there.
+func TestStoreReadCommits(t *testing.T) {
+	dir := t.TempDir()
+	s := OpenStore(dir, slog.Default())
+	defer s.Close()
+	want := map[ltx.TXID][]byte{}
+	for txid := ltx.TXID(1); txid <= 5; txid++ {
+		appendTX(t, s, txid, false)
+		want[txid] = encodeLTX(t, txid)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for { // written out once commits pause
+		if _, err := os.Stat(filepath.Join(dir, LTXPath("app.db", 0, 5, 5))); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatal("logged commit 5 never written out")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	want[6] = bytes.Repeat([]byte{6}, logRecordMax+1)
+	if err := s.Append("app.db", 6, 6, func(w io.Writer) error { _, err := w.Write(want[6]); return err }, false); err != nil {
+		t.Fatal(err)
+	}
+	for txid := ltx.TXID(7); txid <= 40; txid++ {
+		appendTX(t, s, txid, false)
+		want[txid] = encodeLTX(t, txid)
+	}
+	got, err := s.ReadCommits("app.db", 2, 40, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 39 {
+		t.Fatalf("read %d commits from txid 2 to 40, want 39", len(got))
+	}
+	for i, data := range got {
+		if txid := ltx.TXID(i + 2); !bytes.Equal(data, want[txid]) {
+			t.Fatalf("txid %s reads back as %d bytes, not the %d stored", txid, len(data), len(want[txid]))
+		}
+	}
+	one := len(want[7])
+	got, err = s.ReadCommits("app.db", 7, 40, 3*one)
+	if err != nil || len(got) != 3 || !bytes.Equal(got[2], want[9]) {
+		t.Fatalf("read of 3 commits' bytes from txid 7: %d commits, %v; want 7-9", len(got), err)
+	}
+	if _, err := s.ReadCommits("app.db", 39, 41, 1<<30); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("read past the last commit: %v, want ErrNotFound", err)
 	}
 }

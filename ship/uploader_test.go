@@ -191,20 +191,28 @@ func testLease(t *testing.T, r ReplicaClient) {
 	}
 }
 
+// startUploader ships app.db from a new store to a new file replica; all
+// three are closed when the test ends.
+func startUploader(t *testing.T, opt Options) (*Store, *FileReplica, *Uploader) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	store := OpenStore(t.TempDir(), log)
+	t.Cleanup(func() { store.Close() })
+	replica := NewFileReplica(t.TempDir())
+	u := NewUploader(store, replica, log, opt)
+	t.Cleanup(func() { u.Close(time.Second) })
+	if err := u.Start(context.Background(), "app.db", 0); err != nil {
+		t.Fatal(err)
+	}
+	store.OnAppend = u.Notify
+	return store, replica, u
+}
+
 // TestUploaderPutRateShipsTheLast: under -max-put-rate a commit that finds
 // no PUT allowed ships once one is, even with nothing after it.
 func TestUploaderPutRateShipsTheLast(t *testing.T) {
 	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	store := OpenStore(t.TempDir(), log)
-	defer store.Close()
-	replica := NewFileReplica(t.TempDir())
-	u := NewUploader(store, replica, log, Options{MaxPutRate: 5})
-	defer u.Close(time.Second)
-	if err := u.Start(ctx, "app.db", 0); err != nil {
-		t.Fatal(err)
-	}
-	store.OnAppend = u.Notify
+	store, _, u := startUploader(t, Options{MaxPutRate: 5})
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	appendTX(t, store, 1, false)
@@ -248,5 +256,83 @@ func TestUploaderCloseWaitsForNewDatabase(t *testing.T) {
 	}
 	if len(infos) == 0 || infos[len(infos)-1].MaxTXID != 3 {
 		t.Fatalf("replica holds %s after a clean stop, want up to txid 3", rangesOf(infos))
+	}
+}
+
+// TestUploaderKeepsMergingWhileBehind: once a backlog passed MaxBacklog,
+// commits that pile up during an upload keep going up merged after the
+// uploader caught up once (at full speed it catches up at every pause of
+// the writer), until it has stayed caught up for mergeCooldown; a commit
+// waiting alone goes up alone all along.
+func TestUploaderKeepsMergingWhileBehind(t *testing.T) {
+	ctx := context.Background()
+	store, replica, u := startUploader(t, Options{MaxBacklog: 5})
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	// burst appends commits from..to while nothing ships, then ships them.
+	burst := func(from, to ltx.TXID) {
+		t.Helper()
+		u.Pause()
+		for txid := from; txid <= to; txid++ {
+			appendTX(t, store, txid, false)
+		}
+		u.Resume()
+		if err := u.WaitFor(wctx, "app.db", to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	burst(1, 10) // past MaxBacklog: merged
+	burst(11, 11)
+	burst(12, 14) // under MaxBacklog, but within the cooldown: merged
+	time.Sleep(mergeCooldown + 100*time.Millisecond)
+	burst(15, 15)
+	burst(16, 18) // the cooldown is over: one file each
+	infos, err := replica.LTXFiles(ctx, "app.db", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rangesOf(infos), "1-10 11-11 12-14 15-15 16-16 17-17 18-18"; got != want {
+		t.Fatalf("replica holds %s, want %s", got, want)
+	}
+}
+
+// TestUploaderSpacesMerges: while a backlog merges, an upload starts no
+// sooner than mergeEvery after the one before it, so what arrives meanwhile
+// goes up in one PUT instead of one each.
+func TestUploaderSpacesMerges(t *testing.T) {
+	ctx := context.Background()
+	store, replica, u := startUploader(t, Options{MaxBacklog: 5})
+	u.mu.Lock()
+	u.mergeEvery = time.Second
+	u.mu.Unlock()
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	u.Pause()
+	for txid := ltx.TXID(1); txid <= 10; txid++ {
+		appendTX(t, store, txid, false)
+	}
+	start := time.Now()
+	u.Resume()
+	if err := u.WaitFor(wctx, "app.db", 10); err != nil {
+		t.Fatal(err)
+	}
+	appendTX(t, store, 11, false)
+	time.Sleep(100 * time.Millisecond) // time enough to ship 11 alone
+	if pos := u.Pos("app.db"); pos != 10 {
+		t.Fatalf("replica at txid %s 100 ms after txid 11, want still 10 (the next merge waits)", pos)
+	}
+	appendTX(t, store, 12, false)
+	if err := u.WaitFor(wctx, "app.db", 12); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < time.Second {
+		t.Fatalf("txids 11-12 shipped %v after the merge before them, want at least 1s", took)
+	}
+	infos, err := replica.LTXFiles(ctx, "app.db", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rangesOf(infos), "1-10 11-12"; got != want {
+		t.Fatalf("replica holds %s, want %s", got, want)
 	}
 }
