@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/crc64"
 	"io/fs"
 	"net/url"
 	"os"
@@ -13,6 +12,8 @@ import (
 
 	"github.com/superfly/ltx"
 	"golang.org/x/sys/unix"
+
+	"github.com/sqlfs/sqlfs/pager/crc64iso"
 )
 
 // ReplicaClient is a place LTX files are shipped to and read back from.
@@ -285,5 +286,5 @@ func (r *FileReplica) lockLease(ifMatch string) (unlock func(), err error) {
 
 // contentTag is the ETag of a file replica's lease: its CRC-64.
 func contentTag(data []byte) string {
-	return fmt.Sprintf("%016x", crc64.Checksum(data, crc64ISO))
+	return fmt.Sprintf("%016x", crc64iso.Checksum(data))
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc64"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -19,6 +18,8 @@ import (
 	"time"
 
 	"github.com/superfly/ltx"
+
+	"github.com/sqlfs/sqlfs/pager/crc64iso"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,12 +44,13 @@ type Store struct {
 	// is stored (outside the store's lock): the uploader's wake-up.
 	OnAppend func(db string, maxTXID ltx.TXID)
 
-	mu     sync.Mutex
-	logs   map[string]*captureLog
-	wake   chan struct{}
-	done   chan struct{}
-	closed bool
-	rbuf   []byte // used by the writer goroutine only
+	mu      sync.Mutex
+	logs    map[string]*captureLog
+	wake    chan struct{}
+	done    chan struct{}
+	closed  bool
+	closing time.Time // when Close was called
+	rbuf    []byte    // used by the writer goroutine only
 	// backlog is the bytes of logged commits not yet written out, and
 	// lastAppend the time of the newest; both under mu.
 	backlog    int64
@@ -122,9 +124,11 @@ func (s *Store) Recover(db string) error {
 	}
 	n := 0
 	for _, r := range recs {
-		// A file written out from the log may be torn: its size tells.
-		fi, err := os.Stat(filepath.Join(s.Root, LTXPath(db, 0, r.min, r.max)))
-		if err == nil && fi.Size() == int64(len(r.data)) {
+		// A file written out from the log but never synced may be torn,
+		// or of the right size and zeros after a power loss: only one
+		// that holds the record's bytes is kept.
+		have, err := os.ReadFile(filepath.Join(s.Root, LTXPath(db, 0, r.min, r.max)))
+		if err == nil && bytes.Equal(have, r.data) {
 			continue
 		}
 		if err := s.WriteLTX(db, 0, r.min, r.max, r.data, false); err != nil {
@@ -285,7 +289,7 @@ func (s *Store) append(db string, minTXID, maxTXID ltx.TXID, write func(io.Write
 	b := s.buf.Bytes()
 	copy(b[0:4], recordMagic[:])
 	binary.BigEndian.PutUint32(b[4:8], uint32(n))
-	b = binary.BigEndian.AppendUint64(b, crc64.Checksum(b[8:], crc64ISO))
+	b = binary.BigEndian.AppendUint64(b, crc64iso.Checksum(b[8:]))
 	for off := 0; off < len(b); {
 		m, err := unix.Pwrite(l.fd, b[off:], l.size+int64(off))
 		if err != nil {
@@ -397,6 +401,9 @@ func (s *Store) run() {
 			draining = false
 		}
 		if backlog > 0 && (draining || idle || closed) {
+			if closed && time.Since(s.closing) > closeWriteOut {
+				return // the rest stays in the log: the next Recover writes it out
+			}
 			s.writeOut()
 			continue
 		}
@@ -416,6 +423,11 @@ func (s *Store) run() {
 		}
 	}
 }
+
+// closeWriteOut bounds how long Close goes on writing logged commits out:
+// they are safe in the log, and a stop must not wait on a backlog of tens of
+// thousands of files written by a thread that runs only when the CPU is idle.
+var closeWriteOut = 2 * time.Second // a variable for tests
 
 // writeOutIdle is how long commits must pause before the writer starts, and
 // writeOutBacklog the logged bytes at which it starts anyway.
@@ -518,10 +530,12 @@ func (s *Store) trim(force bool) {
 	}
 }
 
-// Close writes out every logged commit, empties the logs and stops.
+// Close writes logged commits out for at most closeWriteOut, empties the
+// logs that are drained, makes the others durable and stops. What stays in
+// a log is written out by the next Recover; readers (Local) read it there.
 func (s *Store) Close() error {
 	s.mu.Lock()
-	s.closed = true
+	s.closed, s.closing = true, time.Now()
 	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
@@ -530,12 +544,19 @@ func (s *Store) Close() error {
 	<-s.done
 	s.trim(true)
 	s.mu.Lock()
+	var err error
 	for _, l := range s.logs {
+		// Commits not written out stay in the log, which must then be durable.
+		if l.dirty {
+			if serr := unix.Fdatasync(l.fd); serr != nil && err == nil {
+				err = &os.PathError{Op: "fsync", Path: l.path, Err: serr}
+			}
+		}
 		unix.Close(l.fd)
 	}
 	s.logs = map[string]*captureLog{}
 	s.mu.Unlock()
-	return nil
+	return err
 }
 
 const logPrealloc = logTrimSize + 2*logRecordMax
@@ -571,7 +592,7 @@ func readLog(path string) ([]logRecord, int64, error) {
 			break
 		}
 		body := data[off+8 : off+8+n]
-		if crc64.Checksum(body, crc64ISO) != binary.BigEndian.Uint64(data[off+8+n:]) {
+		if crc64iso.Checksum(body) != binary.BigEndian.Uint64(data[off+8+n:]) {
 			break
 		}
 		var h ltx.Header
@@ -587,10 +608,7 @@ func readLog(path string) ([]logRecord, int64, error) {
 	return recs, int64(off), nil
 }
 
-var (
-	crc64ISO = crc64.MakeTable(crc64.ISO)
-	zero8    [8]byte
-)
+var zero8 [8]byte
 
 // Local reads a local store, including commits still in capture logs, so a
 // listing or restore taken while the mount runs sees every commit.

@@ -124,13 +124,20 @@ func TestStoreRecoverWritesOutTheLog(t *testing.T) {
 	}
 	// Simulate a crash: files 15..20 never written out, 14 torn.
 	s.mu.Lock()
-	s.closed = true
+	s.closed, s.closing = true, time.Now()
 	s.mu.Unlock()
 	<-s.done
 	for txid := ltx.TXID(14); txid <= 20; txid++ {
 		os.Remove(filepath.Join(dir, LTXPath("app.db", 0, txid, txid)))
 	}
 	os.WriteFile(filepath.Join(dir, LTXPath("app.db", 0, 14, 14)), []byte("torn"), 0o644)
+	// 13 was written out but lost its data to a power cut: right size, zeros.
+	p13 := filepath.Join(dir, LTXPath("app.db", 0, 13, 13))
+	if fi, err := os.Stat(p13); err != nil {
+		t.Fatal(err)
+	} else {
+		os.WriteFile(p13, make([]byte, fi.Size()), 0o644)
+	}
 	// A torn record at the end of the log was never acknowledged.
 	f, _ := os.OpenFile(filepath.Join(dir, LogPath("app.db")), os.O_WRONLY, 0)
 	logEnd := int64(0)
@@ -155,11 +162,55 @@ func TestStoreRecoverWritesOutTheLog(t *testing.T) {
 	if err := s2.Close(); err != nil {
 		t.Fatal(err)
 	}
+	checkStoreFiles(t, dir, 22)
+}
+
+// checkStoreFiles checks that the store's level-0 files, read as files and
+// not through the log, are commits 1..n, each whole.
+func checkStoreFiles(t *testing.T, dir string, n int) {
+	t.Helper()
 	fr := NewFileReplica(dir)
 	infos, _ := fr.LTXFiles(context.Background(), "app.db", 0)
-	if len(infos) != 22 {
-		t.Fatalf("%d files after close, want 22", len(infos))
+	if len(infos) != n {
+		t.Fatalf("%d files, want %d", len(infos), n)
 	}
+	for _, fi := range infos {
+		rc, err := fr.OpenLTX(context.Background(), "app.db", 0, fi.MinTXID, fi.MaxTXID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = ltx.NewDecoder(rc).Verify()
+		rc.Close()
+		if err != nil {
+			t.Fatalf("file of txid %s: %v", fi.MaxTXID, err)
+		}
+	}
+}
+
+// A stop does not wait for a large backlog to be written out: what is left
+// stays in the log, durable, and the next Recover writes it out.
+func TestStoreCloseLeavesBacklogInLog(t *testing.T) {
+	defer func(d time.Duration) { closeWriteOut = d }(closeWriteOut)
+	closeWriteOut = 0
+	dir := t.TempDir()
+	s := OpenStore(dir, slog.Default())
+	for txid := ltx.TXID(1); txid <= 200; txid++ {
+		appendTX(t, s, txid, false)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, err := readLog(filepath.Join(dir, LogPath("app.db")))
+	if err != nil || len(recs) == 0 {
+		t.Fatalf("log after close: %d records, %v; want the backlog kept", len(recs), err)
+	}
+	wantTXIDs(t, listTXIDs(t, dir), 200)
+	s2 := OpenStore(dir, slog.Default())
+	if err := s2.Recover("app.db"); err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	checkStoreFiles(t, dir, 200)
 }
 
 func TestStoreLargeCommitBypassesLog(t *testing.T) {
