@@ -138,6 +138,64 @@ func (h *levelHistory) checkExact(txid uint64, what string) {
 	}
 }
 
+// histAt mounts txid read-only and returns its row count as the sqlite3
+// CLI reads it through the mount, after an integrity_check there; or
+// sqlfs's error text when it does not mount.
+func (h *levelHistory) histAt(txid uint64) (int, string) {
+	t := h.t
+	t.Helper()
+	mnt := filepath.Join(t.TempDir(), "hist")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, flags := h.data, []string{"-at-txid", fmt.Sprintf("%x", txid), "-db", "app.db"}
+	if h.url != "" {
+		data, flags = "", append(flags, "-replica", h.url)
+	}
+	began := time.Now()
+	hm, err := tryStartMount(t, data, mnt, flags...)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer hm.Stop()
+	t.Logf("historical mount of %x up in %s", txid, time.Since(began).Round(time.Millisecond))
+	integrityCheck(t, hm.Path("app.db"))
+	n, err := strconv.Atoi(strings.TrimSpace(sqlite3Cmd(t, hm.Path("app.db"), "SELECT count(*) FROM t")))
+	if err != nil {
+		t.Fatalf("historical mount of %x: %v", txid, err)
+	}
+	return n, ""
+}
+
+// checkHist mounts txid read-only and wants exactly its state there.
+func (h *levelHistory) checkHist(txid uint64, what string) {
+	h.t.Helper()
+	n, errText := h.histAt(txid)
+	if errText != "" {
+		h.t.Fatalf("%s: historical mount of txid %x: %s", what, txid, errText)
+	}
+	if n != h.rows(txid) {
+		h.t.Fatalf("%s: historical mount of txid %x has %d rows, want %d", what, txid, n, h.rows(txid))
+	}
+}
+
+// checkOldestHist mounts the oldest state history can rebuild, as
+// checkOldest restores it.
+func (h *levelHistory) checkOldestHist() {
+	h.t.Helper()
+	for try := 0; ; try++ {
+		old := h.oldest()
+		n, errText := h.histAt(old)
+		if errText != "" && try < 3 && h.oldest() != old {
+			continue // retention moved on meanwhile
+		}
+		if errText != "" || n != h.rows(old) {
+			h.t.Fatalf("oldest retained: historical mount of txid %x: %d rows, want %d %s", old, n, h.rows(old), errText)
+		}
+		return
+	}
+}
+
 // checkOldest restores the oldest state history can rebuild. A retention
 // pass may cut history between finding that state and restoring it; then
 // the new oldest state is tried (a few times).
@@ -246,6 +304,9 @@ func (h *levelHistory) checkLevels() {
 	for k := 0; k < 2 && len(recent) > 0; k++ {
 		h.checkExact(recent[rand.IntN(len(recent))], "in the level-0 window")
 	}
+	if h.url == "" && len(recent) > 0 { // a replica's 4 s window is too short for a mount more
+		h.checkHist(recent[rand.IntN(len(recent))], "in the level-0 window")
+	}
 	// Wait until retention cut the oldest history, then restore an old TXID.
 	if !waitSlow(60*time.Second, func() bool { return h.oldest() > h.base+uint64(h.n/10) }) {
 		t.Fatalf("retention kept history from txid %x on", h.oldest())
@@ -261,6 +322,7 @@ func (h *levelHistory) checkLevels() {
 		old := h.oldest()
 		if pass == 0 { // each restore from the data dir reads its capture log
 			h.checkOldest()
+			h.checkOldestHist()
 		}
 		t.Logf("pass %d: latest state from %d files, oldest retained %x", pass, latest, old)
 		if latest > 50 {
