@@ -1,6 +1,7 @@
 package ship
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -575,24 +576,38 @@ func preallocate(fd int, size, n int64) error {
 }
 
 // readLog returns the complete records of a capture log and the offset after
-// the last one. A torn or damaged tail ends the log.
+// the last one. A torn or damaged tail ends the log. It reads record by
+// record: a log emptied after a burst keeps its size (it is reused from the
+// start), and only its live records are read, not the whole file.
 func readLog(path string) ([]logRecord, int64, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, 0, err
 	}
-	var recs []logRecord
-	off := 0
-	for len(data)-off >= recordOverhead {
-		if !bytes.Equal(data[off:off+4], recordMagic[:]) {
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 1<<20)
+	var (
+		recs []logRecord
+		off  int64
+		head [8]byte
+	)
+	for {
+		if _, err := io.ReadFull(br, head[:]); err != nil {
+			break // the end, or a torn header
+		}
+		if !bytes.Equal(head[:4], recordMagic[:]) {
 			break
 		}
-		n := int(binary.BigEndian.Uint32(data[off+4 : off+8]))
-		if n > logRecordMax || len(data)-off < recordOverhead+n {
+		n := int(binary.BigEndian.Uint32(head[4:]))
+		if n > logRecordMax {
 			break
 		}
-		body := data[off+8 : off+8+n]
-		if crc64iso.Checksum(body) != binary.BigEndian.Uint64(data[off+8+n:]) {
+		rec := make([]byte, n+8)
+		if _, err := io.ReadFull(br, rec); err != nil {
+			break
+		}
+		body := rec[:n:n]
+		if crc64iso.Checksum(body) != binary.BigEndian.Uint64(rec[n:]) {
 			break
 		}
 		var h ltx.Header
@@ -602,10 +617,10 @@ func readLog(path string) ([]logRecord, int64, error) {
 		if len(recs) > 0 && h.MinTXID <= recs[len(recs)-1].max {
 			break // an older record left from before the log was last emptied
 		}
-		recs = append(recs, logRecord{min: h.MinTXID, max: h.MaxTXID, off: int64(off + 8), n: n, data: body})
-		off += recordOverhead + n
+		recs = append(recs, logRecord{min: h.MinTXID, max: h.MaxTXID, off: off + 8, n: n, data: body})
+		off += int64(recordOverhead + n)
 	}
-	return recs, int64(off), nil
+	return recs, off, nil
 }
 
 var zero8 [8]byte
