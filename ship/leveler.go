@@ -349,7 +349,7 @@ func (l *Leveler) writeLevel(ctx context.Context, db string, n int, files []*ltx
 				return 0, err
 			}
 		}
-		data, _, err = compactLTX(ctx, inputs)
+		data, err = mergeLTX(ctx, inputs)
 		var unsafe *unsafeWindowError
 		if errors.As(err, &unsafe) {
 			// The window cannot become one file; it becomes two or more,
@@ -358,7 +358,7 @@ func (l *Leveler) writeLevel(ctx context.Context, db string, n int, files []*ltx
 			l.cfg.Log.Warn("compaction window split: merging it whole would not reproduce it", "db", db, "level", n,
 				"from", minTXID, "to", maxTXID, "first_part_to", files[len(files)-1].MaxTXID, "replica", l.cfg.Target.String(), "why", err)
 			maxTXID = files[len(files)-1].MaxTXID
-			data, _, err = compactLTX(ctx, inputs)
+			data, err = mergeLTX(ctx, inputs)
 		}
 		if err != nil {
 			return 0, fmt.Errorf("merge %s through %s: %w", minTXID, maxTXID, err)
@@ -473,7 +473,7 @@ func (l *Leveler) snapshot(ctx context.Context, db string) error {
 				return err
 			}
 		}
-		if data, _, err = compactLTX(ctx, inputs); err != nil {
+		if data, err = mergeLTX(ctx, inputs); err != nil {
 			return err
 		}
 	} else if err := l.checkCopy(ctx, db, data, plan); err != nil {

@@ -47,14 +47,25 @@ func mergeLocal(ctx context.Context, store *Store, db string, minTXID, maxTXID l
 		return nil, 0, err
 	}
 	hi := minTXID + ltx.TXID(len(inputs)) - 1
-	out, err := mergeFrames(ctx, inputs)
-	if errors.Is(err, errors.ErrUnsupported) {
-		out, _, err = compactLTX(ctx, inputs) // pages in the older LZ4-frame format
-	}
+	out, err := mergeLTX(ctx, inputs)
 	if err != nil {
 		return nil, 0, fmt.Errorf("merge %s: %w", LTXPath(db, 0, minTXID, hi), err)
 	}
 	return out, hi, nil
+}
+
+// mergeLTX merges LTX files whose TXIDs chain (oldest first) into one: the
+// uploader's backlog merges and the leveler's compactions and snapshots
+// alike. It copies compressed frames (mergeFrames) and falls back to
+// decoding and re-encoding (compactLTX) for pages in the older LZ4-frame
+// format; both verify every input and the result, and refuse a window that
+// would not merge exactly with an *unsafeWindowError.
+func mergeLTX(ctx context.Context, inputs [][]byte) ([]byte, error) {
+	out, err := mergeFrames(ctx, inputs)
+	if errors.Is(err, errors.ErrUnsupported) {
+		out, _, err = compactLTX(ctx, inputs)
+	}
+	return out, err
 }
 
 // ltxFrame is one page of a parsed LTX file.
@@ -109,7 +120,7 @@ func mergeFrames(ctx context.Context, inputs [][]byte) ([]byte, error) {
 		}
 	}
 	if err := checkWindow(sums); err != nil {
-		return nil, err
+		return nil, &unsafeWindowError{err: err, safe: safePrefix(sums)}
 	}
 	first, last := sums[0], sums[len(sums)-1]
 	hdr := ltx.Header{
