@@ -237,11 +237,6 @@ type Lease struct {
 	writes    int // lease writes so far (tests count them)
 }
 
-// AcquireLease takes the replica's lease for me with the default timing.
-func AcquireLease(ctx context.Context, c LeaseClient, me LeaseHolder, log *slog.Logger) (*Lease, error) {
-	return LeaseTiming{}.Acquire(ctx, c, me, log)
-}
-
 // Acquire takes the replica's lease for me, marked active: one absent,
 // one of the same owner, or one another mount may take over (see the top of
 // this file). Any other is a *LeaseError.

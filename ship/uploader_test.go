@@ -140,11 +140,11 @@ func testLease(t *testing.T, r ReplicaClient) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	a := LeaseHolder{Owner: "a", Host: "hosta", PID: 1, DataDir: "/data/a"}
 	b := LeaseHolder{Owner: "b", Host: "hostb", PID: 2, DataDir: "/data/b"}
-	la, err := AcquireLease(ctx, r, a, log)
+	la, err := LeaseTiming{}.Acquire(ctx, r, a, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = AcquireLease(ctx, r, b, log)
+	_, err = LeaseTiming{}.Acquire(ctx, r, b, log)
 	var le *LeaseError
 	if !errors.As(err, &le) || !strings.Contains(err.Error(), "is in use by sqlfs on hosta (pid 1, data dir /data/a) since ") {
 		t.Fatalf("second owner: %v", err)
@@ -153,7 +153,7 @@ func testLease(t *testing.T, r ReplicaClient) {
 		t.Fatalf("Databases with only a lease: %v, %v", dbs, err)
 	}
 	// The same owner (a restart after kill -9) takes it back.
-	la2, err := AcquireLease(ctx, r, a, log)
+	la2, err := LeaseTiming{}.Acquire(ctx, r, a, log)
 	if err != nil {
 		t.Fatalf("same owner: %v", err)
 	}
@@ -169,7 +169,7 @@ func testLease(t *testing.T, r ReplicaClient) {
 	if _, err := r.WriteLease(ctx, stale, tag); err != nil {
 		t.Fatal(err)
 	}
-	lb, err := AcquireLease(ctx, r, b, log)
+	lb, err := LeaseTiming{}.Acquire(ctx, r, b, log)
 	if err != nil {
 		t.Fatalf("stale lease: %v", err)
 	}
