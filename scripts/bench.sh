@@ -26,6 +26,8 @@ Usage: scripts/bench.sh [-duration 3s] [-rounds 3] [-workloads LIST] [-dir DIR] 
   -native-only    skip sqlfs (also SQLFS_BENCH_NATIVE_ONLY=1)
   -hist           instead of the workloads: historical mounts of a large history
                   (-hist-mib MiB database, default 1024; -hist-commits N, default 10000);
+                  -hist-data DIR keeps the built history in DIR and reuses it when
+                  DIR already holds one (its build takes minutes);
                   with SQLFS_VERSITYGW set, also from an S3 replica
   -replication    also run the replication section: lag from commit to object
                   visible in a file:// and a local S3 replica, and the write
@@ -46,7 +48,7 @@ for a in "$0" "$@"; do
 	command_line+="$a "
 done
 duration=3s rounds=3 parent=${TMPDIR:-/tmp} native_only=${SQLFS_BENCH_NATIVE_ONLY:-0}
-hist=0 hist_mib=1024 hist_commits=10000
+hist=0 hist_mib=1024 hist_commits=10000 hist_data=
 replication=0 lag_duration=10s
 workloads=("${all_workloads[@]}")
 while (($#)); do
@@ -60,6 +62,7 @@ while (($#)); do
 	hist | -hist) hist=1 ;;
 	hist-mib | -hist-mib) hist_mib=${2:?-hist-mib needs a value}; shift ;;
 	hist-commits | -hist-commits) hist_commits=${2:?-hist-commits needs a value}; shift ;;
+	hist-data | -hist-data) hist=1 hist_data=${2:?-hist-data needs a value}; shift ;;
 	replication | -replication) replication=1 ;;
 	replication-only | -replication-only) replication=1 workloads=() ;;
 	lag-duration | -lag-duration) lag_duration=${2:?-lag-duration needs a value}; shift ;;
@@ -232,31 +235,41 @@ if ((hist)); then
 	mkdir -p "$base/hist"
 	hist_rows=$((hist_mib * 1024))
 	t0=$EPOCHREALTIME
-	sqlite3 "$native/app.db" "PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;
-		CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
-		WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < $hist_rows)
-		INSERT INTO t(v) SELECT randomblob(1000) FROM c;" >/dev/null
-	"$bin/sqlfs" mount -data "$data" "${hist_levels[@]}" "$mnt" >"$base/mount.log" 2>&1 &
-	mount_pid=$!
-	sqlfs_wait_mount "$mnt" "$mount_pid" 30 || { mount_log_tail; exit 1; }
-	cp "$native/app.db" "$mnt/app.db"
-	rm -f "$native/app.db"
-	n=$("$bin/sqlfs" ltx -data "$data" -db app.db | tail -n +2 | wc -l)
-	tail_commits=$((hist_commits / 10))
-	hist_commit $((hist_commits - tail_commits - n - 1))
-	sqlfs_say "$((hist_commits - tail_commits)) commits in $(sqlfs_elapsed "$t0") s; waiting for compaction to catch up"
-	t1=$EPOCHREALTIME
-	for ((i = 0; i < 600; i++)); do hist_caught_up && break; sleep 1; done
-	hist_caught_up || sqlfs_die "compaction did not catch up in 600 s: $(hist_ltx | awk '{ print $1 }' | sort | uniq -c | tr '\n' ' ')"
-	caught_up_s=$(sqlfs_elapsed "$t1")
-	sqlfs_stop_mount "$mount_pid" "$mnt"
-	mount_pid=
-	"$bin/sqlfs" mount -data "$data" -levels none "$mnt" >"$base/mount.log" 2>&1 &
-	mount_pid=$!
-	sqlfs_wait_mount "$mnt" "$mount_pid" 30 || { mount_log_tail; exit 1; }
-	hist_commit "$tail_commits"
-	sqlfs_stop_mount "$mount_pid" "$mnt"
-	mount_pid=
+	if [[ -n $hist_data ]]; then
+		mkdir -p "$hist_data"
+		data=$(realpath "$hist_data")
+	fi
+	if [[ -n $hist_data && -f $data/built ]]; then
+		read -r hist_rows caught_up_s <"$data/built"
+		sqlfs_say "reusing the history built in $data"
+	else
+		sqlite3 "$native/app.db" "PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;
+			CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+			WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < $hist_rows)
+			INSERT INTO t(v) SELECT randomblob(1000) FROM c;" >/dev/null
+		"$bin/sqlfs" mount -data "$data" "${hist_levels[@]}" "$mnt" >"$base/mount.log" 2>&1 &
+		mount_pid=$!
+		sqlfs_wait_mount "$mnt" "$mount_pid" 30 || { mount_log_tail; exit 1; }
+		cp "$native/app.db" "$mnt/app.db"
+		rm -f "$native/app.db"
+		n=$("$bin/sqlfs" ltx -data "$data" -db app.db | tail -n +2 | wc -l)
+		tail_commits=$((hist_commits / 10))
+		hist_commit $((hist_commits - tail_commits - n - 1))
+		sqlfs_say "$((hist_commits - tail_commits)) commits in $(sqlfs_elapsed "$t0") s; waiting for compaction to catch up"
+		t1=$EPOCHREALTIME
+		for ((i = 0; i < 600; i++)); do hist_caught_up && break; sleep 1; done
+		hist_caught_up || sqlfs_die "compaction did not catch up in 600 s: $(hist_ltx | awk '{ print $1 }' | sort | uniq -c | tr '\n' ' ')"
+		caught_up_s=$(sqlfs_elapsed "$t1")
+		sqlfs_stop_mount "$mount_pid" "$mnt"
+		mount_pid=
+		"$bin/sqlfs" mount -data "$data" -levels none "$mnt" >"$base/mount.log" 2>&1 &
+		mount_pid=$!
+		sqlfs_wait_mount "$mnt" "$mount_pid" 30 || { mount_log_tail; exit 1; }
+		hist_commit "$tail_commits"
+		sqlfs_stop_mount "$mount_pid" "$mnt"
+		mount_pid=
+		[[ -n $hist_data ]] && echo "$hist_rows $caught_up_s" >"$data/built"
+	fi
 	last=$("$bin/sqlfs" ltx -data "$data" -db app.db | awk 'NR > 1 { print $2 }' | sort | tail -n 1)
 	hist_bytes=$(stat -c %s "$data/root/app.db")
 	files_by_level=$(hist_ltx | awk '{ n[$1]++ } END { for (l in n) printf "%s%d at level %d", (c++ ? ", " : ""), n[l], l }')
