@@ -50,12 +50,14 @@ func (r *S3Replica) LTXFilesAfter(ctx context.Context, db string, level int, aft
 // On S3 it stops paging once a page ends past upTo, so it costs one request
 // for the first thousand files after after, however many follow; a server
 // that does not list keys in order may then leave some out. Elsewhere it
-// filters LTXFilesAfter.
+// filters LTXFilesAfter, unless the replica lists a range itself.
 func LTXFilesBetween(ctx context.Context, r Replica, db string, level int, after, upTo ltx.TXID) ([]*ltx.FileInfo, error) {
 	var infos []*ltx.FileInfo
 	var err error
 	if s3r, ok := r.(*S3Replica); ok {
 		infos, err = s3r.listLevelUpTo(ctx, db, level, after, upTo)
+	} else if lb, ok := r.(listerBetween); ok {
+		infos, err = lb.LTXFilesBetween(ctx, db, level, after, upTo)
 	} else {
 		infos, err = LTXFilesAfter(ctx, r, db, level, after)
 	}
@@ -69,6 +71,12 @@ func LTXFilesBetween(ctx context.Context, r Replica, db string, level int, after
 		}
 	}
 	return out, nil
+}
+
+// listerBetween is a replica that lists the files of a level in a TXID
+// range without looking at the others (FileReplica, Local: no stat each).
+type listerBetween interface {
+	LTXFilesBetween(ctx context.Context, db string, level int, after, upTo ltx.TXID) ([]*ltx.FileInfo, error)
 }
 
 // listLevel lists a level's files with MinTXID > after, following

@@ -666,6 +666,11 @@ func (l *Local) LTXFiles(ctx context.Context, db string, level int) ([]*ltx.File
 
 // LTXFilesAfter is LTXFiles of the files with MinTXID > after.
 func (l *Local) LTXFilesAfter(ctx context.Context, db string, level int, after ltx.TXID) ([]*ltx.FileInfo, error) {
+	return l.LTXFilesBetween(ctx, db, level, after, ^ltx.TXID(0))
+}
+
+// LTXFilesBetween is LTXFiles of the files with after < MinTXID <= upTo.
+func (l *Local) LTXFilesBetween(ctx context.Context, db string, level int, after, upTo ltx.TXID) ([]*ltx.FileInfo, error) {
 	var recs []logRecord
 	if level == 0 {
 		all, err := l.logged(db)
@@ -673,9 +678,10 @@ func (l *Local) LTXFilesAfter(ctx context.Context, db string, level int, after l
 			return nil, err
 		}
 		i := sort.Search(len(all), func(i int) bool { return all[i].min > after })
-		recs = all[i:]
+		j := sort.Search(len(all), func(j int) bool { return all[j].min > upTo })
+		recs = all[i:max(i, j)]
 	}
-	infos, err := l.FileReplica.LTXFilesAfter(ctx, db, level, after)
+	infos, err := l.FileReplica.LTXFilesBetween(ctx, db, level, after, upTo)
 	if err != nil || len(recs) == 0 {
 		return infos, err
 	}
