@@ -166,21 +166,38 @@ func (f *fileIndex) read(ctx context.Context, r ship.Replica, db string, off, n 
 
 // parseIndex decodes the index records; the frames must lie back to back
 // from the end of the header to framesEnd (where the end-of-pages marker
-// starts).
+// starts). The slices are sized once: a snapshot's index holds a record per
+// page of the database (262,144 for 1 GiB), and growing them by appending
+// cost more than decoding them.
 func (f *fileIndex) parseIndex(b []byte, framesEnd int64) error {
-	rd := bytes.NewReader(b)
+	// Every record takes at least 3 bytes, and a database of Commit pages
+	// has no more records than that.
+	n := min(len(b)/3, int(f.hdr.Commit))
+	f.pgnos, f.offs, f.sizes = make([]uint32, 0, n), make([]int64, 0, n), make([]uint32, 0, n)
 	next := int64(ltx.HeaderSize) // no frame may start before this
 	var prev uint32
+	pos := 0
+	uvarint := func() (uint64, error) {
+		v, k := binary.Uvarint(b[pos:])
+		switch {
+		case k == 0:
+			return 0, io.ErrUnexpectedEOF
+		case k < 0:
+			return 0, errors.New("varint overflows a 64-bit integer")
+		}
+		pos += k
+		return v, nil
+	}
 	for {
-		pgno, err := binary.ReadUvarint(rd)
+		pgno, err := uvarint()
 		if err != nil {
 			return fmt.Errorf("record %d: %w", len(f.pgnos)+1, err)
 		}
 		if pgno == 0 {
 			break
 		}
-		off, err1 := binary.ReadUvarint(rd)
-		size, err2 := binary.ReadUvarint(rd)
+		off, err1 := uvarint()
+		size, err2 := uvarint()
 		if err := errors.Join(err1, err2); err != nil {
 			return fmt.Errorf("record %d: %w", len(f.pgnos)+1, err)
 		}
@@ -197,8 +214,8 @@ func (f *fileIndex) parseIndex(b []byte, framesEnd int64) error {
 		f.offs = append(f.offs, int64(off))
 		f.sizes = append(f.sizes, uint32(size))
 	}
-	if rd.Len() != 0 {
-		return fmt.Errorf("%d bytes after the last record", rd.Len())
+	if rest := len(b) - pos; rest != 0 {
+		return fmt.Errorf("%d bytes after the last record", rest)
 	}
 	if next != framesEnd {
 		return fmt.Errorf("the frames end at %d, the end-of-pages marker is at %d", next, framesEnd)

@@ -116,10 +116,12 @@ const (
 // target (0: the latest) and returns a source of its pages. Errors are those
 // of Plan, plus ErrCorrupt and ErrChecksumMismatch naming the file.
 func OpenPageSource(ctx context.Context, r ship.Replica, db string, target ltx.TXID, opt PageSourceOptions) (*PageSource, error) {
+	t0 := time.Now()
 	plan, err := Plan(ctx, r, db, target)
 	if err != nil {
 		return nil, err
 	}
+	planned := time.Since(t0)
 	s := &PageSource{r: r, db: db, opt: opt, log: opt.Log, inflight: map[uint32]*flight{},
 		fetchSem: make(chan struct{}, fetchParallel), raSem: make(chan struct{}, 2)}
 	if s.log == nil {
@@ -128,6 +130,8 @@ func OpenPageSource(ctx context.Context, r ship.Replica, db string, target ltx.T
 	if err := s.readIndexes(ctx, plan); err != nil {
 		return nil, err
 	}
+	s.log.Debug("page index read", "db", db, "txid", s.txid, "plan_files", len(plan), "files", len(s.files),
+		"plan_seconds", planned.Seconds(), "index_seconds", (time.Since(t0) - planned).Seconds())
 	if opt.CacheDir != "" {
 		if s.disk, err = sharedDiskCache(opt.CacheDir, opt.CacheBytes, s.log); err != nil {
 			return nil, err
@@ -163,10 +167,26 @@ func (s *PageSource) readIndexes(ctx context.Context, plan []*ltx.FileInfo) erro
 	for i := range results {
 		results[i] = make(chan result, 1)
 	}
+	// Results are taken newest first, but the files too large to be read
+	// in one request (a snapshot: its index alone is 3 MB for 1 GiB) are
+	// started first, so that their reads and the decoding of their indexes
+	// overlap those of the many small files instead of following them.
+	order := make([]int, 0, len(plan)) // result indexes, in the order reads start
+	for i := range plan {
+		if plan[len(plan)-1-i].Size > tailRead {
+			order = append(order, i)
+		}
+	}
+	for i := range plan {
+		if plan[len(plan)-1-i].Size <= tailRead {
+			order = append(order, i)
+		}
+	}
 	var next atomic.Int64
 	for range min(indexParallel, len(plan)) {
 		go func() {
-			for i := int(next.Add(1) - 1); i < len(plan) && ctx.Err() == nil; i = int(next.Add(1) - 1) {
+			for k := int(next.Add(1) - 1); k < len(order) && ctx.Err() == nil; k = int(next.Add(1) - 1) {
+				i := order[k]
 				f, err := readFileIndex(ctx, s.r, s.db, plan[len(plan)-1-i])
 				results[i] <- result{f, err}
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/sqlfs/sqlfs/ship"
 	"github.com/superfly/ltx"
@@ -67,15 +68,24 @@ func Plan(ctx context.Context, r ship.Replica, db string, target ltx.TXID) ([]*l
 	return planFiles(db, append(upper, l0...), target)
 }
 
-// listUpper lists every level above 0.
+// listUpper lists every level above 0, all at once: from S3 each is a
+// request, and one after another they were a tenth of a mount's time.
 func listUpper(ctx context.Context, r ship.Replica, db string) ([]*ltx.FileInfo, error) {
+	var wg sync.WaitGroup
+	levels := make([][]*ltx.FileInfo, maxLevel+1)
+	errs := make([]error, maxLevel+1)
+	for level := 1; level <= maxLevel; level++ {
+		wg.Go(func() {
+			levels[level], errs[level] = r.LTXFiles(ctx, db, level)
+		})
+	}
+	wg.Wait()
 	var all []*ltx.FileInfo
 	for level := 1; level <= maxLevel; level++ {
-		infos, err := r.LTXFiles(ctx, db, level)
-		if err != nil {
-			return nil, fmt.Errorf("list history of %s: %w", db, err)
+		if errs[level] != nil {
+			return nil, fmt.Errorf("list history of %s: %w", db, errs[level])
 		}
-		all = append(all, infos...)
+		all = append(all, levels[level]...)
 	}
 	return all, nil
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/superfly/ltx"
@@ -27,7 +28,8 @@ type histMount struct {
 	data, replica  string
 	db             string
 	verbose, debug bool
-	pageCacheMiB   int64 // bound of the disk cache of pages from S3
+	pageCacheMiB   int64  // bound of the disk cache of pages from S3
+	cpuProfile     string // write a CPU profile here until unmount
 }
 
 // runHistMount mounts past states of databases read-only and serves them
@@ -46,6 +48,17 @@ func runHistMount(ctx context.Context, hm histMount, stderr io.Writer) error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if hm.cpuProfile != "" {
+		f, err := os.Create(hm.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	var txid ltx.TXID
 	var at time.Time

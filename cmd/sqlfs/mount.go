@@ -60,7 +60,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if *atTXID != "" || *atTime != "" {
 		return runHistMount(ctx, histMount{fset: fset, atTXID: *atTXID, atTime: *atTime, data: *data,
-			replica: *replicaURL, db: *dbName, verbose: *verbose, debug: *fuseDebug, pageCacheMiB: *pageCacheMiB}, stderr)
+			replica: *replicaURL, db: *dbName, verbose: *verbose, debug: *fuseDebug, pageCacheMiB: *pageCacheMiB, cpuProfile: *cpuProfile}, stderr)
 	}
 	levels, err := levelFlags.levels()
 	if err != nil {
