@@ -72,7 +72,7 @@ type fileIndex struct {
 }
 
 // readFileIndex reads the header, page index and trailer of one file with
-// at most three ranged reads and checks what can be checked without the
+// at most three ranged reads (two of them at once) and checks what can be checked without the
 // page frames: header and trailer valid and consistent, TXIDs as named, and
 // every index record inside the page block, ascending and not overlapping.
 // Errors name the file and match ErrCorrupt, except failures to read.
@@ -84,11 +84,29 @@ func readFileIndex(ctx context.Context, r ship.Replica, db string, fi *ltx.FileI
 		return nil, f.corrupt(fmt.Errorf("%d bytes is too short for an LTX file", size))
 	}
 	tailN := min(size, tailRead)
-	tail, err := f.read(ctx, r, db, size-tailN, tailN)
+	tailOff := size - tailN
+	// A file larger than the tail read needs its header too: read at the
+	// same time, it costs no round trip of its own.
+	var head []byte
+	var headErr error
+	headDone := make(chan struct{})
+	if tailOff == 0 {
+		close(headDone)
+	} else {
+		go func() {
+			defer close(headDone)
+			head, headErr = f.read(ctx, r, db, 0, ltx.HeaderSize)
+		}()
+	}
+	tail, err := f.read(ctx, r, db, tailOff, tailN)
+	<-headDone
+	if err == nil {
+		err = headErr
+	}
 	if err != nil {
 		return nil, err
 	}
-	tailOff := size - tailN
+	f.fetched = int64(len(head) + len(tail))
 	if err := f.trailer.UnmarshalBinary(tail[tailN-ltx.TrailerSize:]); err != nil {
 		return nil, f.corrupt(fmt.Errorf("trailer: %w", err))
 	}
@@ -101,18 +119,20 @@ func readFileIndex(ctx context.Context, r ship.Replica, db string, fi *ltx.FileI
 
 	// The index with the end-of-pages marker before it.
 	markerStart := indexStart - endOfPagesSize
-	var head, index []byte
+	var index []byte
 	if tailOff == 0 {
 		head, index = tail[:ltx.HeaderSize], tail[markerStart:indexEnd]
+	} else if markerStart >= tailOff {
+		index = tail[markerStart-tailOff : indexEnd-tailOff]
 	} else {
-		if head, err = f.read(ctx, r, db, 0, ltx.HeaderSize); err != nil {
+		// The index starts before the tail read: read what it lacks.
+		index = make([]byte, indexEnd-markerStart)
+		more := index[:tailOff-markerStart]
+		if err := f.readInto(ctx, r, db, more, markerStart); err != nil {
 			return nil, err
 		}
-		if markerStart >= tailOff {
-			index = tail[markerStart-tailOff : indexEnd-tailOff]
-		} else if index, err = f.read(ctx, r, db, markerStart, indexEnd-markerStart); err != nil {
-			return nil, err
-		}
+		f.fetched += int64(len(more))
+		copy(index[len(more):], tail[:indexEnd-tailOff])
 	}
 	if !bytes.Equal(index[:endOfPagesSize], make([]byte, endOfPagesSize)) {
 		return nil, f.corrupt(errors.New("no end-of-pages marker before the page index"))
@@ -151,17 +171,25 @@ func readFileIndex(ctx context.Context, r ship.Replica, db string, fi *ltx.FileI
 	return f, nil
 }
 
-// read fetches n bytes of the file at off.
+// read fetches n bytes of the file at off. It changes nothing in f, so two
+// reads may run at once.
 func (f *fileIndex) read(ctx context.Context, r ship.Replica, db string, off, n int64) ([]byte, error) {
 	b := make([]byte, n)
+	if err := f.readInto(ctx, r, db, b, off); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// readInto fills b with the file's bytes at off.
+func (f *fileIndex) readInto(ctx context.Context, r ship.Replica, db string, b []byte, off int64) error {
 	if err := ship.ReadLTXAt(ctx, r, db, f.info.Level, f.info.MinTXID, f.info.MaxTXID, b, off); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, f.corrupt(fmt.Errorf("shorter than the %d bytes listed", f.info.Size))
+			return f.corrupt(fmt.Errorf("shorter than the %d bytes listed", f.info.Size))
 		}
-		return nil, fmt.Errorf("read %s: %w", f.path, err)
+		return fmt.Errorf("read %s: %w", f.path, err)
 	}
-	f.fetched += n
-	return b, nil
+	return nil
 }
 
 // parseIndex decodes the index records; the frames must lie back to back
