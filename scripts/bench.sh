@@ -239,6 +239,7 @@ if ((hist)); then
 		mkdir -p "$hist_data"
 		data=$(realpath "$hist_data")
 	fi
+	tail_commits=$((hist_commits / 10)) # also printed when the history is reused
 	if [[ -n $hist_data && -f $data/built ]]; then
 		read -r hist_rows caught_up_s <"$data/built"
 		sqlfs_say "reusing the history built in $data"
@@ -253,7 +254,6 @@ if ((hist)); then
 		cp "$native/app.db" "$mnt/app.db"
 		rm -f "$native/app.db"
 		n=$("$bin/sqlfs" ltx -data "$data" -db app.db | tail -n +2 | wc -l)
-		tail_commits=$((hist_commits / 10))
 		hist_commit $((hist_commits - tail_commits - n - 1))
 		sqlfs_say "$((hist_commits - tail_commits)) commits in $(sqlfs_elapsed "$t0") s; waiting for compaction to catch up"
 		t1=$EPOCHREALTIME
