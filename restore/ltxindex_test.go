@@ -18,8 +18,9 @@ import (
 // ltx.Decoder must accept too, with the same page index.
 func FuzzReadFileIndex(f *testing.F) {
 	r := rand.New(rand.NewPCG(5, 5))
+	var seeds [][]byte
 	for _, n := range []int{1, 3, 40} {
-		f.Add(snapshotLTX(f, 512, randomDB(r, 512, n)))
+		seeds = append(seeds, snapshotLTX(f, 512, randomDB(r, 512, n)))
 	}
 	// Commits after the first: some pages of a database.
 	for _, c := range []struct {
@@ -30,7 +31,14 @@ func FuzzReadFileIndex(f *testing.F) {
 	}{
 		{2, 512, 4, []uint32{1, 4}}, {7, 512, 9, []uint32{2, 3, 9}}, {3, 1024, 2, []uint32{2}},
 	} {
-		f.Add(commitLTX(f, c.txid, c.ps, c.commit, c.pgnos, randomDB(r, int(c.ps), len(c.pgnos))))
+		seeds = append(seeds, commitLTX(f, c.txid, c.ps, c.commit, c.pgnos, randomDB(r, int(c.ps), len(c.pgnos))))
+	}
+	for i, seed := range seeds {
+		// Valid files must be accepted, or the check below checks nothing.
+		if _, err := openFileIndex(seed); err != nil {
+			f.Fatalf("seed %d: %v", i, err)
+		}
+		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, file []byte) {
 		checkFileIndex(t, file)
@@ -68,13 +76,7 @@ func checkFileIndex(t *testing.T, file []byte) {
 	if len(file) > tailRead {
 		return
 	}
-	fi := &ltx.FileInfo{Level: 0, MinTXID: 1, MaxTXID: 1, Size: int64(len(file))}
-	var hdr ltx.Header
-	if hdr.UnmarshalBinary(file) == nil && hdr.MinTXID > 0 && hdr.MinTXID <= hdr.MaxTXID {
-		fi.MinTXID, fi.MaxTXID = hdr.MinTXID, hdr.MaxTXID
-	}
-	rep := memReplica{ship.LTXPath("f.db", 0, fi.MinTXID, fi.MaxTXID): file}
-	idx, err := readFileIndex(context.Background(), rep, "f.db", fi)
+	idx, err := openFileIndex(file)
 	if err != nil {
 		return
 	}
@@ -95,6 +97,18 @@ func checkFileIndex(t *testing.T, file []byte) {
 			t.Fatalf("page %d: frame %d+%d, ltx.Decoder: %+v (%v)", pgno, idx.offs[k], idx.sizes[k], e, ok)
 		}
 	}
+}
+
+// openFileIndex reads the index of file as stored under the TXIDs its
+// header names (1-1 if it has no header).
+func openFileIndex(file []byte) (*fileIndex, error) {
+	fi := &ltx.FileInfo{Level: 0, MinTXID: 1, MaxTXID: 1, Size: int64(len(file))}
+	var hdr ltx.Header
+	if hdr.UnmarshalBinary(file) == nil && hdr.MinTXID > 0 && hdr.MinTXID <= hdr.MaxTXID {
+		fi.MinTXID, fi.MaxTXID = hdr.MinTXID, hdr.MaxTXID
+	}
+	rep := memReplica{ship.LTXPath("f.db", 0, fi.MinTXID, fi.MaxTXID): file}
+	return readFileIndex(context.Background(), rep, "f.db", fi)
 }
 
 // memReplica holds LTX files in memory, by path; it only reads.
