@@ -24,13 +24,15 @@ func TestDiskCacheBound(t *testing.T) {
 	read := func(key string, chunks int64) {
 		t.Helper()
 		size := chunks * diskChunk
-		got, err := c.read(key, size, 0, size, func(off, n int64) ([]byte, error) {
-			fetched[key] += n
-			return content(key, size)[off : off+n], nil
+		got, release, err := c.read(key, size, 0, size, func(b []byte, off int64) error {
+			fetched[key] += int64(len(b))
+			copy(b, content(key, size)[off:])
+			return nil
 		})
 		if err != nil || !bytes.Equal(got, content(key, size)) {
 			t.Fatalf("read %s: %v", key, err)
 		}
+		release()
 	}
 	exists := func(key string) bool {
 		_, err := os.Stat(filepath.Join(dir, key+".data"))
