@@ -50,6 +50,7 @@ type fileIndex struct {
 	hdr      ltx.Header
 	trailer  ltx.Trailer
 	verified bool // the whole file was read at open and its file checksum matched
+	whole    []byte // then, the file's bytes: its pages are read from here
 
 	pgnos []uint32 // ascending
 	offs  []int64  // frame offset of pgnos[i]
@@ -144,7 +145,7 @@ func readFileIndex(ctx context.Context, r ship.Replica, db string, fi *ltx.FileI
 		if err := dec.Verify(); err != nil {
 			return nil, f.corrupt(err)
 		}
-		f.verified = true
+		f.verified, f.whole = true, tail
 	} else {
 		f.frames = f.offs
 	}

@@ -108,7 +108,7 @@ const (
 	fetchParallel  = 16        // ranged reads of frames at once
 	maxSpan        = 1 << 20   // most bytes of adjacent frames one ranged read takes
 	maxGap         = 64 << 10  // frames up to this far apart are read in one range, the bytes between skipped
-	readaheadBytes = 4 << 20   // how far ahead of a sequential reader pages are fetched
+	readaheadBytes = 16 << 20  // how far ahead of a sequential reader pages are fetched
 	raSlack        = 64        // pages a read may start away from the last one's end and still count as sequential
 	raStreak       = 256 << 10 // bytes read in sequence before readahead starts
 	raDisorder     = 32 << 20  // how far out of order the reads of a sequential reader may arrive
@@ -487,9 +487,13 @@ func (s *PageSource) fetchSpan(ctx context.Context, sp *span) ([]cachedPage, err
 	return pages, nil
 }
 
-// readRange reads n bytes of a file at off, through the disk cache if any.
-// The bytes are valid until release is called, which the caller must do.
+// readRange reads n bytes of a file at off, through the disk cache if any,
+// or from memory for a file read whole at open. The bytes are valid until
+// release is called, which the caller must do.
 func (s *PageSource) readRange(ctx context.Context, f *fileIndex, off, n int64) (data []byte, release func(), err error) {
+	if f.whole != nil && off >= 0 && off+n <= int64(len(f.whole)) {
+		return f.whole[off : off+n], func() {}, nil
+	}
 	get := func(b []byte, off int64) error {
 		err := ship.ReadLTXAt(ctx, s.r, s.db, f.info.Level, f.info.MinTXID, f.info.MaxTXID, b, off)
 		if errors.Is(err, io.ErrUnexpectedEOF) {
