@@ -49,7 +49,7 @@ type fileIndex struct {
 	path     string // relative to the replica, for messages
 	hdr      ltx.Header
 	trailer  ltx.Trailer
-	verified bool // the whole file was read at open and its file checksum matched
+	verified bool   // the whole file was read at open and its file checksum matched
 	whole    []byte // then, the file's bytes: its pages are read from here
 
 	pgnos []uint32 // ascending
