@@ -75,22 +75,26 @@ func (b *slab) index(pgno uint32) int {
 // pages) are allocated to size. At most slabKeep buffers wait for reuse.
 const (
 	slabBytes = maxSpan
-	slabKeep  = 2 * fetchParallel
+	slabKeep  = fetchParallel
 )
 
 var freeSlabs = make(chan []byte, slabKeep)
 
+// slabCounts counts the full-size slabs a page source used, and how many
+// of their buffers it had to make (the others were reused).
+type slabCounts struct{ used, made atomic.Int64 }
+
 // newSlab returns a slab for the pages pgnos of pageSize bytes, holding
-// one reference for each of its pages. It counts the full-size buffers it
-// makes in made.
-func newSlab(pgnos []uint32, pageSize int, made *atomic.Int64) *slab {
+// one reference for each of its pages.
+func newSlab(pgnos []uint32, pageSize int, counts *slabCounts) *slab {
 	n := len(pgnos) * pageSize
 	var buf []byte
 	if n > slabBytes/2 && n <= slabBytes {
+		counts.used.Add(1)
 		select {
 		case buf = <-freeSlabs:
 		default:
-			made.Add(1)
+			counts.made.Add(1)
 			buf = make([]byte, slabBytes)
 		}
 		buf = buf[:n]

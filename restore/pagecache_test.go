@@ -2,7 +2,6 @@ package restore
 
 import (
 	"bytes"
-	"sync/atomic"
 	"testing"
 )
 
@@ -23,7 +22,7 @@ func TestSlabRefs(t *testing.T) {
 		}
 		return p
 	}
-	var made atomic.Int64
+	var counts slabCounts
 	fill := func(b *slab, v byte) {
 		for i := range b.buf {
 			b.buf[i] = v
@@ -37,7 +36,7 @@ func TestSlabRefs(t *testing.T) {
 	lru := newPageLRU(2*slabBytes, 4*slabBytes/ps)
 	n := slabBytes / ps
 
-	a := newSlab(pgnos(1), ps, &made) // held by the n pages a fetch returns
+	a := newSlab(pgnos(1), ps, &counts) // held by the n pages a fetch returns
 	fill(a, 1)
 	fetched := make([]cachedPage, n)
 	for i := range fetched {
@@ -53,7 +52,7 @@ func TestSlabRefs(t *testing.T) {
 
 	// Two more slabs push a out of the LRU; page 7 is still held.
 	for k, first := range []uint32{uint32(n) + 1, 2*uint32(n) + 1} {
-		b := newSlab(pgnos(first), ps, &made)
+		b := newSlab(pgnos(first), ps, &counts)
 		fill(b, byte(k+2))
 		lru.add(b)
 		release(func() []cachedPage {
@@ -77,8 +76,8 @@ func TestSlabRefs(t *testing.T) {
 	if got.data[0] != 0xa5 {
 		t.Fatal("slab a was not freed after its last holder let go")
 	}
-	c := newSlab(pgnos(1), ps, &made)
-	if made.Load() != 3 || &c.buf[0] != &a.buf[0] {
-		t.Fatalf("%d buffers made; a's buffer was not reused", made.Load())
+	c := newSlab(pgnos(1), ps, &counts)
+	if counts.made.Load() != 3 || &c.buf[0] != &a.buf[0] {
+		t.Fatalf("%d buffers made; a's buffer was not reused", counts.made.Load())
 	}
 }

@@ -65,7 +65,7 @@ type PageSource struct {
 	wg       sync.WaitGroup
 
 	indexBytes, pageBytes, requests atomic.Int64
-	slabsMade                       atomic.Int64 // full-size slab buffers allocated, not reused
+	slabs                           slabCounts
 }
 
 // PageSourceOptions tune a PageSource. The zero value is valid.
@@ -106,7 +106,7 @@ type flight struct{ done chan struct{} }
 const (
 	indexParallel  = 64        // page indexes read at once at open (S3 requests are latency-bound)
 	fetchParallel  = 16        // ranged reads of frames at once
-	maxSpan        = 1 << 20   // most bytes of adjacent frames one ranged read takes
+	maxSpan        = 2 << 20   // most bytes of adjacent frames one ranged read takes
 	maxGap         = 64 << 10  // frames up to this far apart are read in one range, the bytes between skipped
 	readaheadBytes = 16 << 20  // how far ahead of a sequential reader pages are fetched
 	raSlack        = 64        // pages a read may start away from the last one's end and still count as sequential
@@ -114,6 +114,10 @@ const (
 	raDisorder     = 32 << 20  // how far out of order the reads of a sequential reader may arrive
 	dropLag        = 16 << 20  // how far behind a streaming reader the pages it read leave memory
 )
+
+// lruFloor is the least memory the decoded pages get whatever
+// MemoryBytes says: what readahead fetches must stay until it is read.
+var lruFloor int64 = 2 * readaheadBytes
 
 // OpenPageSource reads the page indexes of the files that rebuild db at
 // target (0: the latest) and returns a source of its pages. Errors are those
@@ -144,7 +148,7 @@ func OpenPageSource(ctx context.Context, r ship.Replica, db string, target ltx.T
 	if mem <= 0 {
 		mem = 64 << 20
 	}
-	s.lru = newPageLRU(max(mem, 2*readaheadBytes), s.commit)
+	s.lru = newPageLRU(max(mem, lruFloor), s.commit)
 	s.inflight = make([]*flight, s.commit)
 	zero := make([]byte, s.pageSize)
 	s.zero = cachedPage{data: zero, crc: crc64iso.Checksum(zero)}
@@ -461,7 +465,7 @@ func (s *PageSource) fetchSpan(ctx context.Context, sp *span) ([]cachedPage, err
 	}
 	defer release()
 	ps := int(s.pageSize)
-	b := newSlab(sp.pgnos, ps, &s.slabsMade)
+	b := newSlab(sp.pgnos, ps, &s.slabs)
 	if !sp.f.verified {
 		n, err := s.hashFrames(sp.f, data, sp.off, b)
 		if err == nil && n != len(sp.pgnos) {
