@@ -2,12 +2,16 @@ package fuse
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
+	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/sqlfs/sqlfs/restore"
 )
@@ -55,29 +59,66 @@ func NewHist(files map[string]*restore.PageSource, log *slog.Logger) fs.InodeEmb
 // never changes.
 const histTimeout = time.Hour
 
-// histKernelReadahead is the kernel's readahead on historical files.
-const histKernelReadahead = 16 << 10
+// histKernelReadahead is the kernel's readahead on historical files as
+// mounted; histStreamReadahead is what it is then raised to (see MountHist).
+const (
+	histKernelReadahead = 16 << 10
+	histStreamReadahead = 4 << 20
+)
+
+// histMaxRead is the largest READ the kernel sends. go-fuse derives the
+// kernel's request size limit (max_pages) from MaxWrite, so this is
+// MaxWrite; the tree never takes a write.
+const histMaxRead = 1 << 20
 
 // MountHist mounts a historical tree read-only at dir.
+//
+// The kernel's readahead window on it is then raised to 4 MiB through
+// sysfs (the FUSE handshake caps it at 128 KiB): a sequential reader such
+// as cp then gets reads of 1 MiB (histMaxRead), several in flight, instead
+// of one 128 KiB read at a time, each a round trip (cp out of a 1 GiB
+// database: 1,000 reads instead of 8,200). A read that does not follow
+// the one before is not read ahead by the kernel whatever the window; a
+// point query reads page 1 then page 2, which starts a 64 KiB readahead,
+// then one page per B-tree level: 83.3 KiB fetched for 4 levels from the
+// bench's data dir, against 19.6 KiB with 16 KiB. Setting the window needs
+// root; without it the mount works as before, with reads of 128 KiB.
 func MountHist(dir string, root fs.InodeEmbedder, name string, debug bool) (*fuse.Server, error) {
 	timeout := histTimeout
-	return fs.Mount(dir, root, &fs.Options{
+	server, err := fs.Mount(dir, root, &fs.Options{
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
 		MountOptions: fuse.MountOptions{
-			FsName:      name,
-			Name:        "sqlfs",
-			DirectMount: true,
-			AllowOther:  true,
-			Options:     []string{"ro", "default_permissions"},
-			// Little kernel readahead: a point query should fetch the pages
-			// it reads, not their neighbours. Large reads (cp) still come
-			// whole, and the page source reads ahead of sequential readers.
+			FsName:       name,
+			Name:         "sqlfs",
+			DirectMount:  true,
+			AllowOther:   true,
+			Options:      []string{"ro", "default_permissions"},
 			MaxReadAhead: histKernelReadahead,
+			MaxWrite:     histMaxRead,
 			Debug:        debug,
 		},
 	})
+	if err != nil {
+		return nil, err
+	}
+	if err := setReadahead(dir, histStreamReadahead); err != nil {
+		if r, ok := root.(*histRoot); ok && r.log != nil {
+			r.log.Debug("kernel readahead left as it is", "mountpoint", dir, "err", err)
+		}
+	}
+	return server, nil
+}
+
+// setReadahead sets the kernel's readahead window on the mount at dir.
+func setReadahead(dir string, n int) error {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return err
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	return os.WriteFile(p, []byte(strconv.Itoa(n>>10)), 0)
 }
 
 func (r *histRoot) OnAdd(ctx context.Context) {

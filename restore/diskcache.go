@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"hash/crc64"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/sqlfs/sqlfs/pager/crc64iso"
 )
 
 // diskCache keeps byte ranges of LTX files fetched from a replica on local
@@ -224,71 +225,79 @@ func cacheKey(replica, path string, size int64, fileChecksum uint64) string {
 
 // read returns n bytes at off of a file of size bytes, taking the chunks it
 // has and fetching the others as runs of consecutive chunks (clipped to the
-// file), which it then keeps.
-func (c *diskCache) read(key string, size, off, n int64, fetch func(off, n int64) ([]byte, error)) ([]byte, error) {
+// file) into place, which it then keeps. The bytes are valid until release
+// is called, which the caller must do.
+func (c *diskCache) read(key string, size, off, n int64, fetch func(b []byte, off int64) error) (b []byte, release func(), err error) {
 	c.use(key)
 	data, err := os.OpenFile(filepath.Join(c.dir, key+".data"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("page cache: %w", err)
+		return nil, nil, fmt.Errorf("page cache: %w", err)
 	}
 	defer data.Close()
 	sums, err := os.OpenFile(filepath.Join(c.dir, key+".sums"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("page cache: %w", err)
+		return nil, nil, fmt.Errorf("page cache: %w", err)
 	}
 	defer sums.Close()
 
 	first, last := off/diskChunk, (off+n-1)/diskChunk
-	buf := make([]byte, min(size, (last+1)*diskChunk)-first*diskChunk)
-	chunk := func(i int64) []byte {
-		return buf[(i-first)*diskChunk : min(size, (i+1)*diskChunk)-first*diskChunk]
+	base := first * diskChunk
+	buf := getBuf(int(min(size, (last+1)*diskChunk) - base))
+	chunk := func(i int64) []byte { // chunk first+i
+		return buf[i*diskChunk : min(int64(len(buf)), (i+1)*diskChunk)]
 	}
-	var sb [8]byte
-	for i := first; i <= last; {
-		if c.load(data, sums, i, chunk(i)) {
+	nch := last - first + 1
+
+	// Which chunks are here: the sums of all in one read, then, if any is
+	// there, the data of all in one read (holes read as zeros), each chunk
+	// checked against its sum.
+	have := make([]bool, nch)
+	sb := make([]byte, 8*nch)
+	got, _ := sums.ReadAt(sb, first*8)
+	stored := false
+	for i := range nch {
+		stored = stored || (i+1)*8 <= int64(got) && binary.BigEndian.Uint64(sb[i*8:]) != 0
+	}
+	if stored {
+		got, _ := data.ReadAt(buf, base)
+		for i := range nch {
+			ch := chunk(i)
+			have[i] = (i+1)*8 <= int64(len(sb)) && binary.BigEndian.Uint64(sb[i*8:]) != 0 &&
+				i*diskChunk+int64(len(ch)) <= int64(got) &&
+				sumFlag|crc64iso.Checksum(ch) == binary.BigEndian.Uint64(sb[i*8:])
+		}
+	}
+
+	for i := int64(0); i < nch; {
+		if have[i] {
 			i++
 			continue
 		}
 		j := i + 1 // the run of missing chunks i..j-1
-		for j <= last && !c.load(data, sums, j, chunk(j)) {
+		for j < nch && !have[j] {
 			j++
 		}
-		start, end := i*diskChunk, min(size, j*diskChunk)
-		b, err := fetch(start, end-start)
-		if err != nil {
-			return nil, err
+		start, end := i*diskChunk, min(int64(len(buf)), j*diskChunk)
+		if err := fetch(buf[start:end], base+start); err != nil {
+			putBuf(buf)
+			return nil, nil, err
 		}
-		copy(buf[start-first*diskChunk:], b)
-		for k := i; k < j; k++ {
-			ch := chunk(k)
-			if !c.reserve(key, int64(len(ch))+8) {
-				break // no room: served, not kept
+		// Keep the chunks of the run that fit: their bytes in one write,
+		// then their sums in another.
+		k := i
+		for k < j && c.reserve(key, int64(len(chunk(k)))+8) {
+			k++
+		}
+		if k > i {
+			keep := buf[start:min(int64(len(buf)), k*diskChunk)]
+			if _, err := data.WriteAt(keep, base+start); err == nil { // a cache that cannot write only fetches again
+				for m := i; m < k; m++ {
+					binary.BigEndian.PutUint64(sb[m*8:], sumFlag|crc64iso.Checksum(chunk(m)))
+				}
+				sums.WriteAt(sb[i*8:k*8], (first+i)*8)
 			}
-			if _, err := data.WriteAt(ch, k*diskChunk); err != nil {
-				continue // a cache that cannot write only fetches again
-			}
-			binary.BigEndian.PutUint64(sb[:], sumFlag|crc64.Checksum(ch, crcTable))
-			sums.WriteAt(sb[:], k*8)
 		}
 		i = j
 	}
-	return buf[off-first*diskChunk : off-first*diskChunk+n], nil
+	return buf[off-base : off-base+n], func() { putBuf(buf) }, nil
 }
-
-// load fills b with chunk i if the cache holds it intact.
-func (c *diskCache) load(data, sums *os.File, i int64, b []byte) bool {
-	var sb [8]byte
-	if n, _ := sums.ReadAt(sb[:], i*8); n != 8 {
-		return false
-	}
-	want := binary.BigEndian.Uint64(sb[:])
-	if want == 0 {
-		return false
-	}
-	if n, _ := data.ReadAt(b, i*diskChunk); n != len(b) {
-		return false
-	}
-	return sumFlag|crc64.Checksum(b, crcTable) == want
-}
-
-var crcTable = crc64.MakeTable(crc64.ISO)

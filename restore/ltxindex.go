@@ -49,7 +49,8 @@ type fileIndex struct {
 	path     string // relative to the replica, for messages
 	hdr      ltx.Header
 	trailer  ltx.Trailer
-	verified bool // the whole file was read at open and its file checksum matched
+	verified bool   // the whole file was read at open and its file checksum matched
+	whole    []byte // then, the file's bytes: its pages are read from here
 
 	pgnos []uint32 // ascending
 	offs  []int64  // frame offset of pgnos[i]
@@ -162,7 +163,7 @@ func readFileIndex(ctx context.Context, r ship.Replica, db string, fi *ltx.FileI
 		if err := f.verifyWhole(tail); err != nil {
 			return nil, err
 		}
-		f.verified = true
+		f.verified, f.whole = true, tail
 	} else {
 		f.frames = f.offs
 	}

@@ -53,10 +53,10 @@ type PageSource struct {
 	frameShift *crc64iso.Shift // ... with that of one block frame's hashed bytes
 	done       completion
 
-	lru      *pageLRU
 	disk     *diskCache
 	mu       sync.Mutex
-	inflight map[uint32]*flight // pages being fetched, under mu
+	lru      *pageLRU  // under mu
+	inflight []*flight // by pgno-1: the fetch under way of the page, under mu
 
 	fetchSem chan struct{} // bounds ranged reads in flight
 	raSem    chan struct{} // bounds readahead batches in flight
@@ -65,6 +65,7 @@ type PageSource struct {
 	wg       sync.WaitGroup
 
 	indexBytes, pageBytes, requests atomic.Int64
+	slabs                           slabCounts
 }
 
 // PageSourceOptions tune a PageSource. The zero value is valid.
@@ -105,12 +106,18 @@ type flight struct{ done chan struct{} }
 const (
 	indexParallel  = 64        // page indexes read at once at open (S3 requests are latency-bound)
 	fetchParallel  = 16        // ranged reads of frames at once
-	maxSpan        = 1 << 20   // most bytes of adjacent frames one ranged read takes
+	maxSpan        = 2 << 20   // most bytes of adjacent frames one ranged read takes
 	maxGap         = 64 << 10  // frames up to this far apart are read in one range, the bytes between skipped
-	readaheadBytes = 4 << 20   // how far ahead of a sequential reader pages are fetched
+	readaheadBytes = 16 << 20  // how far ahead of a sequential reader pages are fetched
 	raSlack        = 64        // pages a read may start away from the last one's end and still count as sequential
 	raStreak       = 256 << 10 // bytes read in sequence before readahead starts
+	raDisorder     = 32 << 20  // how far out of order the reads of a sequential reader may arrive
+	dropLag        = 16 << 20  // how far behind a streaming reader the pages it read leave memory
 )
+
+// lruFloor is the least memory the decoded pages get whatever
+// MemoryBytes says: what readahead fetches must stay until it is read.
+var lruFloor int64 = 2 * readaheadBytes
 
 // OpenPageSource reads the page indexes of the files that rebuild db at
 // target (0: the latest) and returns a source of its pages. Errors are those
@@ -122,7 +129,7 @@ func OpenPageSource(ctx context.Context, r ship.Replica, db string, target ltx.T
 		return nil, err
 	}
 	planned := time.Since(t0)
-	s := &PageSource{r: r, db: db, opt: opt, log: opt.Log, inflight: map[uint32]*flight{},
+	s := &PageSource{r: r, db: db, opt: opt, log: opt.Log,
 		fetchSem: make(chan struct{}, fetchParallel), raSem: make(chan struct{}, 2)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -145,7 +152,8 @@ func OpenPageSource(ctx context.Context, r ship.Replica, db string, target ltx.T
 	if mem <= 0 {
 		mem = 64 << 20
 	}
-	s.lru = newPageLRU(max(int(mem/int64(s.pageSize)), 2*readaheadBytes/int(s.pageSize)))
+	s.lru = newPageLRU(max(mem, lruFloor), s.commit)
+	s.inflight = make([]*flight, s.commit)
 	zero := make([]byte, s.pageSize)
 	s.zero = cachedPage{data: zero, crc: crc64iso.Checksum(zero)}
 	s.bg, s.stop = context.WithCancel(context.Background())
@@ -294,6 +302,11 @@ func (s *PageSource) ReadAt(ctx context.Context, p []byte, off int64) (int, erro
 	if err != nil {
 		return 0, err
 	}
+	defer func() {
+		for _, page := range pages {
+			page.release()
+		}
+	}()
 	if err := s.served(ctx, first, pages); err != nil {
 		return 0, err
 	}
@@ -317,20 +330,23 @@ func (s *PageSource) ReadAt(ctx context.Context, p []byte, off int64) (int, erro
 
 // load returns pages first..last, fetching those not in memory. A page
 // another reader is fetching is waited for, not fetched twice. A page of a
-// file that failed verification is an error, in memory or not.
+// file that failed verification is an error, in memory or not. The caller
+// releases each page returned once done with it.
 func (s *PageSource) load(ctx context.Context, first, last uint32) ([]cachedPage, error) {
+	var prev uint32 // the file checked last: runs of pages come from one file
 	for pgno := first; pgno <= last; pgno++ {
-		if l := s.locs[pgno-1]; l.file != 0 {
+		if l := s.locs[pgno-1]; l.file != 0 && l.file != prev {
 			if err := s.files[l.file-1].check.failed(); err != nil {
 				return nil, err
 			}
+			prev = l.file
 		}
 	}
 	out := make([]cachedPage, last-first+1)
 	for {
 		var mine []uint32
 		var waits []chan struct{}
-		fl := &flight{done: make(chan struct{})}
+		var fl *flight
 		s.mu.Lock()
 		for pgno := first; pgno <= last; pgno++ {
 			if out[pgno-first].data != nil {
@@ -338,12 +354,17 @@ func (s *PageSource) load(ctx context.Context, first, last uint32) ([]cachedPage
 			}
 			if s.locs[pgno-1].file == 0 || pgno == s.lockPgno {
 				out[pgno-first] = s.zero
-			} else if page, ok := s.lru.get(pgno); ok {
+			} else if page, ok := s.lru.get(pgno, int(s.pageSize)); ok {
 				out[pgno-first] = page
-			} else if other, ok := s.inflight[pgno]; ok {
-				waits = append(waits, other.done)
+			} else if other := s.inflight[pgno-1]; other != nil {
+				if len(waits) == 0 || waits[len(waits)-1] != other.done {
+					waits = append(waits, other.done)
+				}
 			} else {
-				s.inflight[pgno] = fl
+				if fl == nil {
+					fl = &flight{done: make(chan struct{})}
+				}
+				s.inflight[pgno-1] = fl
 				mine = append(mine, pgno)
 			}
 		}
@@ -351,16 +372,22 @@ func (s *PageSource) load(ctx context.Context, first, last uint32) ([]cachedPage
 		if len(mine) > 0 {
 			got, err := s.fetch(ctx, mine)
 			s.mu.Lock()
-			for _, pgno := range mine {
-				delete(s.inflight, pgno)
+			for i, pgno := range mine {
+				if err == nil && got[i].slab != nil {
+					s.lru.add(got[i].slab)
+				}
+				s.inflight[pgno-1] = nil
 			}
 			s.mu.Unlock()
 			close(fl.done)
 			if err != nil {
+				for _, page := range out {
+					page.release()
+				}
 				return nil, err
 			}
-			for pgno, page := range got {
-				out[pgno-first] = page
+			for i, pgno := range mine {
+				out[pgno-first] = got[i]
 			}
 		}
 		if len(waits) == 0 {
@@ -370,6 +397,9 @@ func (s *PageSource) load(ctx context.Context, first, last uint32) ([]cachedPage
 			select {
 			case <-w:
 			case <-ctx.Done():
+				for _, page := range out {
+					page.release()
+				}
 				return nil, ctx.Err()
 			}
 		}
@@ -382,32 +412,36 @@ func (s *PageSource) load(ctx context.Context, first, last uint32) ([]cachedPage
 type span struct {
 	f        *fileIndex
 	off, end int64
-	pgnos    []uint32
+	pgnos    []uint32 // ascending
+	at       []int    // where each of pgnos is in the pages fetch was asked for
 }
 
 // fetch reads pgnos (ascending, each held by some file) from the replica,
 // frames of a file that lie close together in one ranged read (a file's
-// frames are in page order), several reads at once, and keeps the pages in
-// memory.
-func (s *PageSource) fetch(ctx context.Context, pgnos []uint32) (map[uint32]cachedPage, error) {
+// frames are in page order), several reads at once, and returns the pages
+// in the order of pgnos, each holding a reference to its slab (the pages
+// of one read share one), which the caller releases.
+func (s *PageSource) fetch(ctx context.Context, pgnos []uint32) ([]cachedPage, error) {
 	byFile := map[uint32]*span{} // the open span of each file
 	var spans []*span
-	for _, pgno := range pgnos {
+	maxPages := max(1, slabBytes/int(s.pageSize))
+	for i, pgno := range pgnos {
 		loc := s.locs[pgno-1]
 		sp := byFile[loc.file]
-		if sp == nil || loc.off-sp.end > maxGap || loc.off+int64(loc.size)-sp.off > maxSpan {
+		if sp == nil || loc.off-sp.end > maxGap || loc.off+int64(loc.size)-sp.off > maxSpan || len(sp.pgnos) == maxPages {
 			sp = &span{f: s.files[loc.file-1], off: loc.off, end: loc.off}
 			byFile[loc.file] = sp
 			spans = append(spans, sp)
 		}
 		sp.end = loc.off + int64(loc.size)
 		sp.pgnos = append(sp.pgnos, pgno)
+		sp.at = append(sp.at, i)
 	}
 
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex
-		out      = make(map[uint32]cachedPage, len(pgnos))
+		out      = make([]cachedPage, len(pgnos))
 		firstErr error
 	)
 	for _, sp := range spans {
@@ -422,14 +456,14 @@ func (s *PageSource) fetch(ctx context.Context, pgnos []uint32) (map[uint32]cach
 			defer wg.Done()
 			defer func() { <-s.fetchSem }()
 			pages, err := s.fetchSpan(ctx, sp)
-			mu.Lock()
-			defer mu.Unlock()
 			if err != nil {
+				mu.Lock()
 				firstErr = cmp.Or(firstErr, err)
+				mu.Unlock()
 				return
 			}
-			for pgno, page := range pages {
-				out[pgno] = page
+			for j, page := range pages {
+				out[sp.at[j]] = page // each span its own indexes
 			}
 		}()
 	}
@@ -437,62 +471,109 @@ func (s *PageSource) fetch(ctx context.Context, pgnos []uint32) (map[uint32]cach
 	if firstErr != nil {
 		return nil, firstErr
 	}
-	for pgno, page := range out {
-		s.lru.put(pgno, page)
-	}
 	return out, nil
 }
 
-// fetchSpan reads one span and decodes its pages. Every frame in the span,
-// those between the pages asked for included, is hashed towards the
-// file's checksum (see verify.go).
-func (s *PageSource) fetchSpan(ctx context.Context, sp *span) (map[uint32]cachedPage, error) {
-	data, err := s.readRange(ctx, sp.f, sp.off, sp.end-sp.off)
+// fetchSpan reads one span and decodes its pages, in the order of
+// sp.pgnos, into one new slab. Every frame in the span, those between the
+// pages asked for included, is hashed towards the file's checksum (see
+// verify.go).
+func (s *PageSource) fetchSpan(ctx context.Context, sp *span) ([]cachedPage, error) {
+	data, release, err := s.readRange(ctx, sp.f, sp.off, sp.end-sp.off)
 	if err != nil {
 		return nil, err
 	}
+	defer release()
+	ps := int(s.pageSize)
+	b := newSlab(sp.pgnos, ps, &s.slabs)
 	if !sp.f.verified {
-		at := make(map[int64]uint32, len(sp.pgnos)) // frame offset -> page wanted
-		for _, pgno := range sp.pgnos {
-			at[s.locs[pgno-1].off] = pgno
-		}
-		pages, err := s.hashFrames(sp.f, data, sp.off, func(k int) uint32 { return at[sp.f.frames[k]] })
-		if err == nil && len(pages) != len(sp.pgnos) {
+		n, err := s.hashFrames(sp.f, data, sp.off, b)
+		if err == nil && n != len(sp.pgnos) {
 			err = sp.f.corrupt(fmt.Errorf("the frames at %d..%d are not where the page index says", sp.off, sp.end))
 		}
-		return pages, err
-	}
-	pages := make(map[uint32]cachedPage, len(sp.pgnos))
-	for _, pgno := range sp.pgnos {
-		loc := s.locs[pgno-1]
-		page := make([]byte, s.pageSize)
-		if _, err := sp.f.decodeFrame(data[loc.off-sp.off:loc.off-sp.off+int64(loc.size)], pgno, page); err != nil {
-			return nil, s.fail(sp.f, err)
+		if err != nil {
+			return nil, err
 		}
-		pages[pgno] = cachedPage{data: page, crc: crc64iso.Checksum(page)}
+	} else {
+		for j, pgno := range sp.pgnos {
+			loc := s.locs[pgno-1]
+			page := b.buf[j*ps : (j+1)*ps]
+			if _, err := sp.f.decodeFrame(data[loc.off-sp.off:loc.off-sp.off+int64(loc.size)], pgno, page); err != nil {
+				return nil, s.fail(sp.f, err)
+			}
+			b.crcs[j] = crc64iso.Checksum(page)
+		}
+	}
+	pages := make([]cachedPage, len(sp.pgnos))
+	for j := range pages {
+		pages[j] = b.page(j, ps)
 	}
 	return pages, nil
 }
 
-// readRange reads n bytes of a file at off, through the disk cache if any.
-func (s *PageSource) readRange(ctx context.Context, f *fileIndex, off, n int64) ([]byte, error) {
-	get := func(off, n int64) ([]byte, error) {
-		b := make([]byte, n)
+// readRange reads n bytes of a file at off, through the disk cache if any,
+// or from memory for a file read whole at open. The bytes are valid until
+// release is called, which the caller must do.
+func (s *PageSource) readRange(ctx context.Context, f *fileIndex, off, n int64) (data []byte, release func(), err error) {
+	if f.whole != nil && off >= 0 && off+n <= int64(len(f.whole)) {
+		return f.whole[off : off+n], func() {}, nil
+	}
+	get := func(b []byte, off int64) error {
 		err := ship.ReadLTXAt(ctx, s.r, s.db, f.info.Level, f.info.MinTXID, f.info.MaxTXID, b, off)
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, f.corrupt(fmt.Errorf("shorter than its page index says"))
+			return f.corrupt(fmt.Errorf("shorter than its page index says"))
 		} else if err != nil {
-			return nil, fmt.Errorf("read %s: %w", f.path, err)
+			return fmt.Errorf("read %s: %w", f.path, err)
 		}
-		total := s.pageBytes.Add(n)
+		total := s.pageBytes.Add(int64(len(b)))
 		s.requests.Add(1)
-		s.log.Debug("fetched", "db", s.db, "file", f.path, "off", off, "bytes", n, "total_bytes", total)
-		return b, nil
+		s.log.Debug("fetched", "db", s.db, "file", f.path, "off", off, "bytes", len(b), "total_bytes", total)
+		return nil
 	}
-	if s.disk == nil {
-		return get(off, n)
+	if s.disk != nil {
+		return s.disk.read(f.cacheKey, f.info.Size, off, n, get)
 	}
-	return s.disk.read(f.cacheKey, f.info.Size, off, n, get)
+	b := getBuf(int(n))
+	if err := get(b, off); err != nil {
+		putBuf(b)
+		return nil, nil, err
+	}
+	return b, func() { putBuf(b) }, nil
+}
+
+// Buffers for ranged reads are reused: each read of a span would otherwise
+// allocate (and the kernel then fault in) as many fresh bytes as it reads.
+// A buffer holds the largest span, rounded out to disk cache chunks at both
+// ends; at most bufKeep of them are kept for all page sources.
+const (
+	bufSize = maxSpan + 2*diskChunk
+	bufKeep = fetchParallel + 2
+)
+
+var freeBufs = make(chan []byte, bufKeep)
+
+// getBuf returns a buffer of n bytes, reused when n fits one.
+func getBuf(n int) []byte {
+	if n > bufSize {
+		return make([]byte, n)
+	}
+	select {
+	case b := <-freeBufs:
+		return b[:n]
+	default:
+		return make([]byte, n, bufSize)
+	}
+}
+
+// putBuf gives back a buffer of getBuf; no slice of it may be used after.
+func putBuf(b []byte) {
+	if cap(b) != bufSize {
+		return
+	}
+	select {
+	case freeBufs <- b[:bufSize]:
+	default:
+	}
 }
 
 // Reader reads a PageSource for one reader (one open file) and fetches
@@ -508,57 +589,78 @@ type Reader struct {
 // NewReader returns a reader with its own readahead state.
 func (s *PageSource) NewReader() *Reader { return &Reader{s: s} }
 
-// ReadAt is PageSource.ReadAt, plus readahead.
+// ReadAt is PageSource.ReadAt, plus readahead. Once the reader streams,
+// the pages it has read leave memory some way behind it (the kernel caches
+// what it read), so that their buffers are reused for the pages ahead.
 func (rd *Reader) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	s := rd.s
 	if ps := int64(s.pageSize); off >= 0 && off < s.Size() && len(p) > 0 {
 		first := uint32(off/ps) + 1
 		last := uint32(min(s.Size()-1, off+int64(len(p))-1)/ps) + 1
-		rd.readahead(first, last)
+		if rd.readahead(first, last) && first > dropLag/s.pageSize+1 {
+			// The pages some way behind this read: far enough that
+			// reads of a kernel readahead that arrive out of order
+			// (several are in flight at once) still find theirs.
+			hi := first - dropLag/s.pageSize - 1
+			lo := max(1, int64(hi)-int64(last-first))
+			s.mu.Lock()
+			s.lru.dropBehind(uint32(lo), hi)
+			s.mu.Unlock()
+		}
 	}
 	return s.ReadAt(ctx, p, off)
 }
 
 // readahead starts fetching the pages after last in the background when
-// this read continues the previous one.
-func (rd *Reader) readahead(first, last uint32) {
+// this read continues the previous one, and says whether the reader is
+// streaming (reads ahead).
+func (rd *Reader) readahead(first, last uint32) bool {
 	s := rd.s
 	rd.mu.Lock()
 	defer rd.mu.Unlock()
-	seq := rd.next != 0 && first+raSlack >= rd.next && first <= rd.next+raSlack
-	rd.next = last + 1
+	// The kernel sends the reads of its own readahead several at a time,
+	// and they arrive here out of order: by up to 14 MiB, in reads of
+	// 512 KiB and 1 MiB, with a 4 MiB kernel readahead.
+	slack := max(raSlack, min(raDisorder/s.pageSize, 32*(last-first+1)))
+	seq := rd.next != 0 && first+slack >= rd.next && first <= rd.next+slack
 	if !seq {
-		rd.ahead, rd.streak = last, 0
-		return
+		rd.next, rd.ahead, rd.streak = last+1, last, 0
+		return false
 	}
+	rd.next = max(rd.next, last+1)
 	// A few sequential reads (SQLite reading neighbouring pages, the
 	// kernel's own readahead at the start of a file) fetch nothing extra:
 	// only a streak of raStreak bytes does, and the window grows with it.
-	rd.streak += last - first + 1
 	ps := s.pageSize
+	rd.streak = min(rd.streak+last-first+1, readaheadBytes/ps)
 	if rd.streak*ps < raStreak {
-		return
+		return false
 	}
 	window := min(max(2*rd.streak, raStreak/ps), readaheadBytes/ps)
 	if rd.ahead >= last+window/2 {
-		return
+		return true
 	}
 	from, to := max(rd.ahead, last)+1, min(last+window, s.commit)
 	if from > to {
-		return
+		return true
 	}
 	select {
 	case s.raSem <- struct{}{}:
 	default:
-		return // enough in flight; a later read asks again
+		return true // enough in flight; a later read asks again
 	}
 	rd.ahead = to
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer func() { <-s.raSem }()
-		if _, err := s.load(s.bg, from, to); err != nil && s.bg.Err() == nil {
+		pages, err := s.load(s.bg, from, to)
+		if err != nil && s.bg.Err() == nil {
 			s.log.Debug("readahead", "db", s.db, "from", from, "to", to, "err", err)
 		}
+		for _, page := range pages {
+			page.release()
+		}
 	}()
+	return true
 }

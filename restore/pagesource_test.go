@@ -276,3 +276,91 @@ func TestPageSourceCorrupt(t *testing.T) {
 		}
 	})
 }
+
+// Pages decoded into reused buffers (slabs) stay right through eviction and
+// reuse: a database three times the memory bound, whose pages alternate
+// between three files (so one fetch decodes slabs of several files, each
+// holding pages that are not next to each other), read whole by readers
+// with readahead and by point readers at the same time, four times over,
+// gives the same bytes (freed buffers are overwritten, so a page read
+// after its slab was released would differ), and most full-size slabs got
+// a reused buffer (without reuse every one is made anew).
+func TestPageSourceSlabReuse(t *testing.T) {
+	const ps, pages = 4096, 3 * 1024 // 12 MiB, with 4 MiB of memory
+	h := newHistory(t, "big.db")
+	random := func(seed int) []byte {
+		b := make([]byte, ps)
+		x := uint64(seed)*0x9e3779b97f4a7c15 + 1
+		for i := range b {
+			x ^= x << 13
+			x ^= x >> 7
+			x ^= x << 17
+			b[i] = byte(x)
+		}
+		return b
+	}
+	first := map[uint32][]byte{}
+	for pgno := uint32(1); pgno <= pages; pgno++ {
+		first[pgno] = random(int(pgno))
+	}
+	h.commitPages(ps, pages, first)
+	every3 := map[uint32][]byte{}
+	for pgno := uint32(2); pgno <= pages; pgno += 3 {
+		every3[pgno] = random(pages + int(pgno))
+	}
+	h.commitPages(ps, pages, every3)
+	run := map[uint32][]byte{}
+	for pgno := uint32(100); pgno <= 1400; pgno += 2 {
+		run[pgno] = random(2*pages + int(pgno))
+	}
+	txid := h.commitPages(ps, pages, run)
+	want := h.states[txid]
+
+	for len(freeSlabs) > 0 { // what earlier tests freed
+		<-freeSlabs
+	}
+	poisonFreed, lruFloor = true, 4<<20
+	t.Cleanup(func() { poisonFreed, lruFloor = false, 2*readaheadBytes })
+	s := openSource(t, h, txid, PageSourceOptions{MemoryBytes: 1})
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for round := range 4 {
+		for i := range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if got := readAll(t, s.NewReader(), s.Size(), (64<<10)*(i+1)+4096*i); !bytes.Equal(got, want) {
+					errs <- fmt.Errorf("round %d, reader %d: content differs", round, i)
+				}
+			}()
+		}
+		for i := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				b := make([]byte, 3*ps)
+				for k := range 300 {
+					off := int64((k*7919+i*104729)%(pages-3)) * ps
+					if _, err := s.ReadAt(context.Background(), b, off); err != nil {
+						errs <- err
+						return
+					}
+					if !bytes.Equal(b, want[off:off+int64(len(b))]) {
+						errs <- fmt.Errorf("round %d, point reader %d: pages at %d differ", round, i, off)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	used, made := s.slabs.used.Load(), s.slabs.made.Load()
+	t.Logf("%d full-size slabs used, %d buffers made", used, made)
+	if used < 20 || made > used/2 {
+		t.Fatalf("%d full-size slabs used, %d buffers made: they are not being reused", used, made)
+	}
+}

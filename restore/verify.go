@@ -224,43 +224,53 @@ func (f *fileIndex) endOf(k int) int64 {
 }
 
 // hashFrames decodes and hashes every frame of f in data, which holds the
-// file's bytes from off on and starts at a frame; pgnoAt(k) is the page
-// wanted from frame k, or 0 (the frame is then decoded into a scratch page
-// only to be hashed). The pages wanted are returned with the CRC of each.
-func (s *PageSource) hashFrames(f *fileIndex, data []byte, off int64, pgnoAt func(k int) uint32) (map[uint32]cachedPage, error) {
+// file's bytes from off on and starts at a frame. The frames of the pages
+// of b (nil: none) are decoded into it, with their CRCs; the others into a
+// scratch page only to be hashed. It returns how many pages of b it
+// decoded.
+func (s *PageSource) hashFrames(f *fileIndex, data []byte, off int64, b *slab) (int, error) {
+	var pgnos []uint32
+	if b != nil {
+		pgnos = b.pgnos
+	}
+	ps := int(s.pageSize)
 	end := off + int64(len(data))
 	k0 := sort.Search(len(f.frames), func(k int) bool { return f.frames[k] >= off })
 	if f.verified || k0 == len(f.frames) || f.frames[k0] != off {
-		return nil, nil // nothing to hash: verified already, or not at a frame
+		return 0, nil // nothing to hash: verified already, or not at a frame
 	}
 	var sums []frameSum
-	out := map[uint32]cachedPage{}
 	var scratch []byte
+	j := 0 // the next of pgnos
 	k := k0
 	for ; k < len(f.frames) && f.endOf(k) <= end; k++ {
 		frame := data[f.frames[k]-off : f.endOf(k)-off]
-		pgno := pgnoAt(k)
-		dst := scratch
-		if pgno != 0 || dst == nil {
-			dst = make([]byte, s.pageSize)
+		var pgno uint32
+		var dst []byte
+		if j < len(pgnos) && s.locs[pgnos[j]-1].off == f.frames[k] {
+			pgno, dst = pgnos[j], b.buf[j*ps:(j+1)*ps]
+		} else {
+			if scratch == nil {
+				scratch = make([]byte, s.pageSize)
+			}
+			dst = scratch
 		}
 		hn, err := f.decodeFrame(frame, pgno, dst)
 		if err != nil {
-			return nil, s.fail(f, err)
+			return 0, s.fail(f, err)
 		}
 		c := crc64iso.Checksum(dst)
 		sums = append(sums, frameSum{crc: s.pageShift.Combine(crc64iso.Checksum(frame[:hn]), c), n: int64(hn) + int64(s.pageSize)})
 		if pgno != 0 {
-			out[pgno] = cachedPage{data: dst, crc: c}
-		} else {
-			scratch = dst
+			b.crcs[j] = c
+			j++
 		}
 	}
 	f.check.add(k0, sums, s.frameShift)
 	if err := s.settle(f); err != nil {
-		return nil, err
+		return 0, err
 	}
-	return out, nil
+	return j, nil
 }
 
 // completion tracks which pages of the database reads have returned, and
@@ -381,9 +391,10 @@ func (s *PageSource) verifyAll(ctx context.Context) error {
 					defer wg.Done()
 					defer func() { <-s.fetchSem }()
 					off := f.frames[lo]
-					data, err := s.readRange(ctx, f, off, f.endOf(hi-1)-off)
+					data, release, err := s.readRange(ctx, f, off, f.endOf(hi-1)-off)
 					if err == nil {
-						_, err = s.hashFrames(f, data, off, func(int) uint32 { return 0 })
+						_, err = s.hashFrames(f, data, off, nil)
+						release()
 					}
 					if err != nil {
 						fail(err)
