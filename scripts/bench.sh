@@ -295,7 +295,7 @@ if ((hist)); then
 		mkdir -p "$base/s3/backup/prod"
 		cp -al "$data/ltx/app.db" "$base/s3/backup/prod/app.db"
 		port=$((20000 + RANDOM % 20000))
-		"$SQLFS_VERSITYGW" --access bench --secret benchsecret --port "127.0.0.1:$port" posix "$base/s3" >"$base/s3.log" 2>&1 &
+		"$SQLFS_VERSITYGW" --access bench --secret benchsecret --port "127.0.0.1:$port" --keep-alive --quiet posix "$base/s3" >"$base/s3.log" 2>&1 &
 		s3_pid=$!
 		for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port" && break; sleep 0.05; done
 		export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 XDG_CACHE_HOME=$base/cache
