@@ -161,22 +161,26 @@ func (s *Store) Append(db string, minTXID, maxTXID ltx.TXID, write func(io.Write
 }
 
 // ReadLTX returns the bytes of one stored commit, from the capture log while
-// it is there, else from its file (complete once it has left the log).
+// it is there (checked against the record's CRC-64), else from its file
+// (complete once it has left the log).
 func (s *Store) ReadLTX(db string, minTXID, maxTXID ltx.TXID) ([]byte, error) {
 	s.mu.Lock()
 	if l := s.logs[db]; l != nil {
 		for i := len(l.queue) - 1; i >= 0; i-- {
 			if r := l.queue[i]; r.min == minTXID && r.max == maxTXID {
-				data := make([]byte, r.n)
-				m, err := unix.Pread(l.fd, data, r.off)
+				buf := make([]byte, r.n+8)
+				m, err := unix.Pread(l.fd, buf, r.off)
 				s.mu.Unlock()
-				if err == nil && m != r.n {
+				if err == nil && m != len(buf) {
 					err = io.ErrUnexpectedEOF
 				}
 				if err != nil {
 					return nil, &os.PathError{Op: "read", Path: l.path, Err: err}
 				}
-				return data, nil
+				if err := checkRecord(buf, r); err != nil {
+					return nil, fmt.Errorf("%s: %w", l.path, err)
+				}
+				return buf[:r.n:r.n], nil
 			}
 		}
 	}
@@ -191,35 +195,48 @@ func (s *Store) ReadLTX(db string, minTXID, maxTXID ltx.TXID) ([]byte, error) {
 // ReadCommits returns the bytes of the stored commits of db from minTXID on,
 // one LTX file each, up to maxTXID or until maxBytes are read. Commits still
 // in the capture log are read with one read for each run of them: this is
-// how a backlog merge reads thousands of commits.
-func (s *Store) ReadCommits(db string, minTXID, maxTXID ltx.TXID, maxBytes int) ([][]byte, error) {
-	var out [][]byte
+// how a backlog merge reads thousands of commits. sealed[i] says that
+// commit i came from the log and its bytes matched the record's CRC-64,
+// taken when the capture stored them; the others were read from files.
+func (s *Store) ReadCommits(db string, minTXID, maxTXID ltx.TXID, maxBytes int) (commits [][]byte, sealed []bool, err error) {
 	total := 0
 	for txid := minTXID; txid <= maxTXID && total < maxBytes; {
 		run, err := s.readLogged(db, txid, maxTXID, maxBytes-total)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if len(run) == 0 {
+		logged := len(run) > 0
+		if !logged {
 			data, err := s.ReadLTX(db, txid, txid)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			run = [][]byte{data}
 		}
 		for _, data := range run {
 			total += len(data)
+			sealed = append(sealed, logged)
 		}
-		out = append(out, run...)
+		commits = append(commits, run...)
 		txid += ltx.TXID(len(run))
 	}
-	return out, nil
+	return commits, sealed, nil
+}
+
+// checkRecord checks one capture log record's LTX bytes, read with the
+// 8-byte CRC-64 that follows them in the log (buf), against that CRC.
+func checkRecord(buf []byte, r logRecord) error {
+	if crc64iso.Checksum(buf[:r.n]) != binary.BigEndian.Uint64(buf[r.n:]) {
+		return fmt.Errorf("capture log record of txid %s: %w", r.max, ltx.ErrChecksumMismatch)
+	}
+	return nil
 }
 
 // readLogged reads the longest run of single-commit records minTXID,
 // minTXID+1, ... (at most maxTXID, at least one record and at most about
-// maxBytes) from db's capture log with one read. The log is pinned meanwhile,
-// so it is not emptied under the read, and Append does not wait for it.
+// maxBytes) from db's capture log with one read, and checks each against its
+// CRC-64. The log is pinned meanwhile, so it is not emptied under the read,
+// and Append does not wait for it.
 func (s *Store) readLogged(db string, minTXID, maxTXID ltx.TXID, maxBytes int) ([][]byte, error) {
 	s.mu.Lock()
 	l := s.logs[db]
@@ -249,7 +266,7 @@ func (s *Store) readLogged(db string, minTXID, maxTXID ltx.TXID, maxBytes int) (
 		s.mu.Unlock()
 	}()
 	first, last := run[0], run[len(run)-1]
-	buf := make([]byte, last.off+int64(last.n)-first.off)
+	buf := make([]byte, last.off+int64(last.n)+8-first.off) // with the last record's CRC
 	m, err := unix.Pread(l.fd, buf, first.off)
 	if err == nil && m != len(buf) {
 		err = io.ErrUnexpectedEOF
@@ -260,6 +277,9 @@ func (s *Store) readLogged(db string, minTXID, maxTXID ltx.TXID, maxBytes int) (
 	out := make([][]byte, len(run))
 	for k, r := range run {
 		at := r.off - first.off
+		if err := checkRecord(buf[at:at+int64(r.n)+8], r); err != nil {
+			return nil, fmt.Errorf("%s: %w", l.path, err)
+		}
 		out[k] = buf[at : at+int64(r.n) : at+int64(r.n)]
 	}
 	return out, nil

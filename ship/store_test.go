@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/superfly/ltx"
+	"golang.org/x/sys/unix"
 )
 
 // encodeLTX makes a small valid LTX file for txid with one page.
@@ -272,12 +273,15 @@ func TestStoreReadCommits(t *testing.T) {
 		appendTX(t, s, txid, false)
 		want[txid] = encodeLTX(t, txid)
 	}
-	got, err := s.ReadCommits("app.db", 2, 40, 1<<30)
+	got, sealed, err := s.ReadCommits("app.db", 2, 40, 1<<30)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 39 {
-		t.Fatalf("read %d commits from txid 2 to 40, want 39", len(got))
+	if len(got) != 39 || len(sealed) != 39 {
+		t.Fatalf("read %d commits (%d sealed flags) from txid 2 to 40, want 39", len(got), len(sealed))
+	}
+	if sealed[6-2] {
+		t.Fatal("txid 6, a large commit written as a file, reads as sealed by a log record")
 	}
 	for i, data := range got {
 		if txid := ltx.TXID(i + 2); !bytes.Equal(data, want[txid]) {
@@ -285,11 +289,59 @@ func TestStoreReadCommits(t *testing.T) {
 		}
 	}
 	one := len(want[7])
-	got, err = s.ReadCommits("app.db", 7, 40, 3*one)
+	got, _, err = s.ReadCommits("app.db", 7, 40, 3*one)
 	if err != nil || len(got) != 3 || !bytes.Equal(got[2], want[9]) {
 		t.Fatalf("read of 3 commits' bytes from txid 7: %d commits, %v; want 7-9", len(got), err)
 	}
-	if _, err := s.ReadCommits("app.db", 39, 41, 1<<30); !errors.Is(err, ErrNotFound) {
+	if _, _, err := s.ReadCommits("app.db", 39, 41, 1<<30); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("read past the last commit: %v, want ErrNotFound", err)
+	}
+}
+
+// unstartedStore is a Store whose commits stay in the capture log: its
+// writer goroutine is not running, so nothing is written out or trimmed.
+func unstartedStore(t *testing.T) *Store {
+	t.Helper()
+	s := &Store{FileReplica: NewFileReplica(t.TempDir()), log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		logs: map[string]*captureLog{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	t.Cleanup(func() {
+		for _, l := range s.logs {
+			unix.Close(l.fd)
+		}
+	})
+	return s
+}
+
+// TestStoreLogRecordChecked: a commit whose bytes changed in the capture
+// log after it was stored is refused by ReadLTX and ReadCommits (the
+// record's CRC-64), which is what lets a backlog merge skip decoding the
+// pages a later commit overwrites.
+func TestStoreLogRecordChecked(t *testing.T) {
+	s := unstartedStore(t)
+	for txid := ltx.TXID(1); txid <= 5; txid++ {
+		appendTX(t, s, txid, false)
+	}
+	if got, sealed, err := s.ReadCommits("app.db", 1, 5, 1<<30); err != nil || len(got) != 5 || !sealed[0] || !sealed[4] {
+		t.Fatalf("read 1-5 from the log: %d commits, sealed %v, %v; want 5, all sealed", len(got), sealed, err)
+	}
+	l := s.logs["app.db"]
+	r := l.queue[2] // txid 3
+	last := encodeLTX(t, 3)
+	at := r.off + int64(ltx.HeaderSize) + 10 // inside page 1's block
+	b := []byte{last[ltx.HeaderSize+10] ^ 0x01}
+	if _, err := unix.Pwrite(l.fd, b, at); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.ReadCommits("app.db", 1, 5, 1<<30); !errors.Is(err, ltx.ErrChecksumMismatch) {
+		t.Fatalf("ReadCommits over a changed record: %v, want a checksum mismatch", err)
+	}
+	if _, err := s.ReadLTX("app.db", 3, 3); !errors.Is(err, ltx.ErrChecksumMismatch) {
+		t.Fatalf("ReadLTX of a changed record: %v, want a checksum mismatch", err)
+	}
+	if _, _, err := mergeLocal(context.Background(), s, "app.db", 2, 5); err == nil {
+		t.Fatal("merged a window whose capture log record changed")
+	}
+	if data, err := s.ReadLTX("app.db", 4, 4); err != nil || !bytes.Equal(data, encodeLTX(t, 4)) {
+		t.Fatalf("ReadLTX of an intact record: %v", err)
 	}
 }
