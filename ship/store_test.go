@@ -345,3 +345,82 @@ func TestStoreLogRecordChecked(t *testing.T) {
 		t.Fatalf("ReadLTX of an intact record: %v", err)
 	}
 }
+
+// TestStoreLogTail: commits read back byte for byte whether the capture
+// log's in-memory tail still holds them or they are read from the log file
+// (older than the tail), across the tail wrapping around and the log being
+// emptied and reused; what the tail holds is read from memory (the file
+// under it may change), the rest is checked against the records' CRCs.
+func TestStoreLogTail(t *testing.T) {
+	defer func(n int) { tailSize = n }(tailSize)
+	tailSize = 3000
+	s := unstartedStore(t)
+	one := len(encodeLTX(t, 1)) + recordOverhead
+	if 3000/one < 8 || 3000/one > 30 {
+		t.Fatalf("records of %d bytes: the tail holds %d, want 8-30", one, 3000/one)
+	}
+	read := func(lo, hi ltx.TXID) error {
+		t.Helper()
+		got, sealed, err := s.ReadCommits("app.db", lo, hi, 1<<30)
+		if err != nil {
+			return err
+		}
+		for i, data := range got {
+			if txid := lo + ltx.TXID(i); !bytes.Equal(data, encodeLTX(t, txid)) || !sealed[i] {
+				t.Fatalf("txid %s reads back as %d bytes (sealed %v), not the %d stored", txid, len(data), sealed[i], len(encodeLTX(t, txid)))
+			}
+		}
+		if len(got) != int(hi-lo+1) {
+			t.Fatalf("read %d commits of %s-%s", len(got), lo, hi)
+		}
+		return nil
+	}
+	for txid := ltx.TXID(1); txid <= 5; txid++ {
+		appendTX(t, s, txid, false)
+	}
+	if err := read(1, 5); err != nil { // from the file; the tail starts here
+		t.Fatal(err)
+	}
+	for txid := ltx.TXID(6); txid <= 60; txid++ {
+		appendTX(t, s, txid, false)
+		if txid%7 == 0 {
+			if err := read(max(1, txid-5), txid); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, w := range [][2]ltx.TXID{{1, 60}, {50, 60}, {60, 60}, {3, 20}} {
+		if err := read(w[0], w[1]); err != nil {
+			t.Fatalf("%v: %v", w, err)
+		}
+	}
+	// Overwrite the whole log file: the newest commits still read back
+	// right (from the tail), older ones fail their CRC.
+	l := s.logs["app.db"]
+	junk := bytes.Repeat([]byte{0x5a}, int(l.size))
+	if _, err := unix.Pwrite(l.fd, junk, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := read(57, 60); err != nil {
+		t.Fatalf("the tail's commits: %v", err)
+	}
+	if err := read(1, 5); !errors.Is(err, ltx.ErrChecksumMismatch) {
+		t.Fatalf("commits older than the tail, log overwritten: %v, want a checksum mismatch", err)
+	}
+	// Empty the log (as after a burst, once written out) and reuse it.
+	l.queue = nil
+	s.backlog = 0
+	s.trim(true)
+	if l.size != 0 {
+		t.Fatalf("log not emptied: size %d", l.size)
+	}
+	for txid := ltx.TXID(61); txid <= 70; txid++ {
+		appendTX(t, s, txid, false)
+	}
+	if err := read(61, 70); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := s.ReadLTX("app.db", 65, 65); err != nil || !bytes.Equal(data, encodeLTX(t, 65)) {
+		t.Fatalf("ReadLTX of txid 65 after the log was reused: %v", err)
+	}
+}
