@@ -41,8 +41,10 @@ const (
 // mergeLocal reads the stored commits minTXID..maxTXID of db, stopping early
 // once mergeMaxBytes are read, and merges them into one LTX file. It returns
 // the file and the last TXID it covers (maxTXID unless it stopped early).
-func mergeLocal(ctx context.Context, store *Store, db string, minTXID, maxTXID ltx.TXID) ([]byte, ltx.TXID, error) {
-	inputs, sealed, err := store.ReadCommits(db, minTXID, maxTXID, mergeMaxBytes)
+// scratch is memory to read into (see Store.ReadCommits); the file does not
+// alias it.
+func mergeLocal(ctx context.Context, store *Store, db string, minTXID, maxTXID ltx.TXID, scratch *[]byte) ([]byte, ltx.TXID, error) {
+	inputs, sealed, err := store.ReadCommits(db, minTXID, maxTXID, mergeMaxBytes, scratch)
 	if err != nil {
 		return nil, 0, err
 	}

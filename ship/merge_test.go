@@ -197,17 +197,23 @@ func TestMergeSealedInputs(t *testing.T) {
 		}
 	}
 	ctx := context.Background()
-	for _, w := range [][2]ltx.TXID{{1, 40}, {2, 40}, {17, 33}} {
-		want, err := mergeFrames(ctx, files[w[0]-1:w[1]], nil)
+	scratch := new([]byte) // one read buffer for every merge, as the uploader keeps one
+	var got, want [][]byte
+	windows := [][2]ltx.TXID{{1, 40}, {2, 40}, {17, 33}, {39, 40}}
+	for _, w := range windows {
+		full, err := mergeFrames(ctx, files[w[0]-1:w[1]], nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, hi, err := mergeLocal(ctx, s, "app.db", w[0], w[1])
+		merged, hi, err := mergeLocal(ctx, s, "app.db", w[0], w[1], scratch)
 		if err != nil || hi != w[1] {
 			t.Fatalf("mergeLocal %v: up to %s, %v", w, hi, err)
 		}
-		if !bytes.Equal(got, want) {
-			t.Fatalf("mergeLocal %v: %d bytes differ from the fully verified merge's %d", w, len(got), len(want))
+		got, want = append(got, merged), append(want, full)
+	}
+	for i, w := range windows { // after all of them: no merged file shares the read buffer
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("mergeLocal %v: %d bytes differ from the fully verified merge's %d", w, len(got[i]), len(want[i]))
 		}
 	}
 	// The last commit's first page (page 1, kept: the newest version) with

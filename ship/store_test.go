@@ -273,7 +273,7 @@ func TestStoreReadCommits(t *testing.T) {
 		appendTX(t, s, txid, false)
 		want[txid] = encodeLTX(t, txid)
 	}
-	got, sealed, err := s.ReadCommits("app.db", 2, 40, 1<<30)
+	got, sealed, err := s.ReadCommits("app.db", 2, 40, 1<<30, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,11 +289,11 @@ func TestStoreReadCommits(t *testing.T) {
 		}
 	}
 	one := len(want[7])
-	got, _, err = s.ReadCommits("app.db", 7, 40, 3*one)
+	got, _, err = s.ReadCommits("app.db", 7, 40, 3*one, nil)
 	if err != nil || len(got) != 3 || !bytes.Equal(got[2], want[9]) {
 		t.Fatalf("read of 3 commits' bytes from txid 7: %d commits, %v; want 7-9", len(got), err)
 	}
-	if _, _, err := s.ReadCommits("app.db", 39, 41, 1<<30); !errors.Is(err, ErrNotFound) {
+	if _, _, err := s.ReadCommits("app.db", 39, 41, 1<<30, nil); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("read past the last commit: %v, want ErrNotFound", err)
 	}
 }
@@ -321,7 +321,7 @@ func TestStoreLogRecordChecked(t *testing.T) {
 	for txid := ltx.TXID(1); txid <= 5; txid++ {
 		appendTX(t, s, txid, false)
 	}
-	if got, sealed, err := s.ReadCommits("app.db", 1, 5, 1<<30); err != nil || len(got) != 5 || !sealed[0] || !sealed[4] {
+	if got, sealed, err := s.ReadCommits("app.db", 1, 5, 1<<30, nil); err != nil || len(got) != 5 || !sealed[0] || !sealed[4] {
 		t.Fatalf("read 1-5 from the log: %d commits, sealed %v, %v; want 5, all sealed", len(got), sealed, err)
 	}
 	l := s.logs["app.db"]
@@ -332,13 +332,13 @@ func TestStoreLogRecordChecked(t *testing.T) {
 	if _, err := unix.Pwrite(l.fd, b, at); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.ReadCommits("app.db", 1, 5, 1<<30); !errors.Is(err, ltx.ErrChecksumMismatch) {
+	if _, _, err := s.ReadCommits("app.db", 1, 5, 1<<30, nil); !errors.Is(err, ltx.ErrChecksumMismatch) {
 		t.Fatalf("ReadCommits over a changed record: %v, want a checksum mismatch", err)
 	}
 	if _, err := s.ReadLTX("app.db", 3, 3); !errors.Is(err, ltx.ErrChecksumMismatch) {
 		t.Fatalf("ReadLTX of a changed record: %v, want a checksum mismatch", err)
 	}
-	if _, _, err := mergeLocal(context.Background(), s, "app.db", 2, 5); err == nil {
+	if _, _, err := mergeLocal(context.Background(), s, "app.db", 2, 5, nil); err == nil {
 		t.Fatal("merged a window whose capture log record changed")
 	}
 	if data, err := s.ReadLTX("app.db", 4, 4); err != nil || !bytes.Equal(data, encodeLTX(t, 4)) {
@@ -359,9 +359,10 @@ func TestStoreLogTail(t *testing.T) {
 	if 3000/one < 8 || 3000/one > 30 {
 		t.Fatalf("records of %d bytes: the tail holds %d, want 8-30", one, 3000/one)
 	}
+	scratch := new([]byte) // reused by every read, as the uploader does
 	read := func(lo, hi ltx.TXID) error {
 		t.Helper()
-		got, sealed, err := s.ReadCommits("app.db", lo, hi, 1<<30)
+		got, sealed, err := s.ReadCommits("app.db", lo, hi, 1<<30, scratch)
 		if err != nil {
 			return err
 		}
