@@ -95,14 +95,29 @@ type captureLog struct {
 	// has read the log (readLogged): what the uploader ships was appended
 	// milliseconds before, and a copy out of memory costs a fraction of a
 	// read from the page cache. Nil until then.
-	tail     []byte
-	tailFrom int64
+	tail       []byte
+	tailFrom   int64
+	tailMapped bool // tail is from newTail's mmap: Close unmaps it
 }
 
 // tailSize is the size of a capture log's in-memory tail: at full speed
 // (about 5 MB of LTX a second) the commits of several merged uploads. A
 // variable for tests.
 var tailSize = 16 << 20
+
+// newTail returns n bytes of memory for a capture log's tail, in huge pages
+// where the kernel has them: on this kind of machine a page fault costs
+// ~20 µs, and 16 MiB of fresh 4 KiB pages took 70 ms of CPU to touch, paid
+// again by every database's first merge. Go's heap does not ask for huge
+// pages. Fresh Go memory where mmap fails.
+func newTail(n int) (b []byte, mapped bool) {
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return make([]byte, n), false
+	}
+	unix.Madvise(b, unix.MADV_HUGEPAGE) // only a hint: 4 KiB pages work the same
+	return b, true
+}
 
 // keep copies b, just written at log offset off, into the tail.
 func (l *captureLog) keep(b []byte, off int64) {
@@ -326,7 +341,8 @@ func (s *Store) readLogged(db string, minTXID, maxTXID ltx.TXID, maxBytes int, s
 	*scratch = (*scratch)[:at+need]
 	buf := (*scratch)[at : at+need : at+need]
 	if l.tail == nil {
-		l.tail, l.tailFrom = make([]byte, tailSize), l.size // holds appends from now on
+		l.tail, l.tailMapped = newTail(tailSize)
+		l.tailFrom = l.size // it holds appends from now on
 	}
 	if l.fromTail(buf, first.off) {
 		s.mu.Unlock()
@@ -647,6 +663,10 @@ func (s *Store) Close() error {
 			}
 		}
 		unix.Close(l.fd)
+		if l.tailMapped { // read and written only under mu
+			unix.Munmap(l.tail)
+		}
+		l.tail, l.tailMapped = nil, false
 	}
 	s.logs = map[string]*captureLog{}
 	s.mu.Unlock()

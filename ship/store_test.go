@@ -307,6 +307,9 @@ func unstartedStore(t *testing.T) *Store {
 	t.Cleanup(func() {
 		for _, l := range s.logs {
 			unix.Close(l.fd)
+			if l.tailMapped {
+				unix.Munmap(l.tail)
+			}
 		}
 	})
 	return s
