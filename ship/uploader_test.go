@@ -381,14 +381,16 @@ func TestUploaderMergesWhenOutpaced(t *testing.T) {
 	}
 	u.mu.Lock()
 	measured := u.putTime
-	// A replica whose PUT takes 5 ms (it is measured, the test sets it so
-	// that the burst below is outpaced on any machine).
-	u.putTime = 5 * time.Millisecond
+	// A replica whose PUT takes 50 ms (it is measured; the test sets it so
+	// that the burst below is outpaced on any machine: its 300 commits
+	// would take 15 s one at a time, so they need only arrive within 3.75 s,
+	// which they do even under the race detector on a loaded machine).
+	u.putTime = 50 * time.Millisecond
 	u.mu.Unlock()
 	if measured <= 0 {
 		t.Fatal("no single-commit PUT time measured after 10 single PUTs")
 	}
-	// A burst of 300 commits stored in a few ms: 1.5 s of single PUTs.
+	// A burst of 300 commits, stored in milliseconds.
 	u.Pause()
 	for txid := ltx.TXID(11); txid <= 310; txid++ {
 		appendTX(t, store, txid, false)
