@@ -41,13 +41,18 @@ const (
 // mergeLocal reads the stored commits minTXID..maxTXID of db, stopping early
 // once mergeMaxBytes are read, and merges them into one LTX file. It returns
 // the file and the last TXID it covers (maxTXID unless it stopped early).
-func mergeLocal(ctx context.Context, store *Store, db string, minTXID, maxTXID ltx.TXID) ([]byte, ltx.TXID, error) {
-	inputs, err := store.ReadCommits(db, minTXID, maxTXID, mergeMaxBytes)
+// scratch is memory to read into (see Store.ReadCommits); the file does not
+// alias it.
+func mergeLocal(ctx context.Context, store *Store, db string, minTXID, maxTXID ltx.TXID, scratch *[]byte) ([]byte, ltx.TXID, error) {
+	inputs, sealed, err := store.ReadCommits(db, minTXID, maxTXID, mergeMaxBytes, scratch)
 	if err != nil {
 		return nil, 0, err
 	}
 	hi := minTXID + ltx.TXID(len(inputs)) - 1
-	out, err := mergeLTX(ctx, inputs)
+	out, err := mergeFrames(ctx, inputs, sealed)
+	if errors.Is(err, errors.ErrUnsupported) {
+		out, _, err = compactLTX(ctx, inputs)
+	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("merge %s: %w", LTXPath(db, 0, minTXID, hi), err)
 	}
@@ -61,7 +66,7 @@ func mergeLocal(ctx context.Context, store *Store, db string, minTXID, maxTXID l
 // format; both verify every input and the result, and refuse a window that
 // would not merge exactly with an *unsafeWindowError.
 func mergeLTX(ctx context.Context, inputs [][]byte) ([]byte, error) {
-	out, err := mergeFrames(ctx, inputs)
+	out, err := mergeFrames(ctx, inputs, nil)
 	if errors.Is(err, errors.ErrUnsupported) {
 		out, _, err = compactLTX(ctx, inputs)
 	}
@@ -70,9 +75,10 @@ func mergeLTX(ctx context.Context, inputs [][]byte) ([]byte, error) {
 
 // ltxFrame is one page of a parsed LTX file.
 type ltxFrame struct {
-	pgno  uint32
-	block []byte // the LZ4 block, a slice of the file's bytes
-	crc   uint64 // CRC-64 ISO of the uncompressed page
+	pgno    uint32
+	block   []byte // the LZ4 block, a slice of the file's bytes
+	crc     uint64 // CRC-64 ISO of the uncompressed page, once checked
+	checked bool   // the block was decompressed to a whole page and crc taken
 }
 
 // framePrefixSize is a page header and the size of the LZ4 block after it.
@@ -81,7 +87,19 @@ const framePrefixSize = ltx.PageHeaderSize + 4
 // mergeFrames merges LTX files whose TXIDs chain (oldest first) into one,
 // as compactLTX does, from the inputs' compressed frames. A file with pages
 // in the older LZ4-frame format is errors.ErrUnsupported.
-func mergeFrames(ctx context.Context, inputs [][]byte) ([]byte, error) {
+//
+// Every input is verified as ltx.Decoder verifies it, except an input whose
+// sealed entry is true (sealed may be nil): its bytes were just checked
+// against the CRC-64 taken over them when they were stored (a capture log
+// record, Store.ReadCommits), so they are the bytes the capture encoded, and
+// only its structure is checked here (header, page headers and bounds, page
+// index, trailer) — the pages that go into the merged file are still each
+// decompressed to a whole page and checksummed, and the merged file is
+// decoded completely (checkMerged); a page a later input writes again is
+// not decompressed. At full speed each commit rewrites the same few pages,
+// so that is most of them. A sealed snapshot (TXID 1) is verified whole all
+// the same: its post-apply checksum covers every page.
+func mergeFrames(ctx context.Context, inputs [][]byte, sealed []bool) ([]byte, error) {
 	if len(inputs) == 0 {
 		return nil, errors.New("nothing to merge")
 	}
@@ -96,7 +114,8 @@ func mergeFrames(ctx context.Context, inputs [][]byte) ([]byte, error) {
 			return nil, err
 		}
 		start := len(pgnos)
-		hdr, tr, err := sc.scan(data, func(f ltxFrame) {
+		check := sealed == nil || !sealed[i] || isSnapshotFile(data)
+		hdr, tr, err := sc.scan(data, check, func(f ltxFrame) {
 			newest[f.pgno] = f
 			pgnos = append(pgnos, f.pgno)
 		})
@@ -141,6 +160,16 @@ func mergeFrames(ctx context.Context, inputs [][]byte) ([]byte, error) {
 		}
 	}
 	slices.Sort(keep)
+	for _, pgno := range keep {
+		if f := newest[pgno]; !f.checked {
+			c, err := sc.pageCRC(f.block)
+			if err != nil {
+				return nil, fmt.Errorf("page %d: %w", pgno, err)
+			}
+			f.crc, f.checked = c, true
+			newest[pgno] = f
+		}
+	}
 	if hdr.IsSnapshot() {
 		// A snapshot holds every page: the Encoder refuses one with a gap.
 		lock := ltx.LockPgno(hdr.PageSize)
@@ -232,8 +261,11 @@ type ltxScanner struct {
 // header, every page decompressed to exactly a page, the page index against
 // the pages, the file checksum, and for a snapshot its post-apply checksum —
 // and calls frame for each page in file order. A page in the older LZ4-frame
-// format is errors.ErrUnsupported.
-func (s *ltxScanner) scan(data []byte, frame func(ltxFrame)) (ltx.Header, ltx.Trailer, error) {
+// format is errors.ErrUnsupported. With check false it checks the structure
+// only (no page is decompressed, so neither checksum is compared) and the
+// frames it passes are not checked: only for bytes verified otherwise
+// (mergeFrames' sealed inputs).
+func (s *ltxScanner) scan(data []byte, check bool, frame func(ltxFrame)) (ltx.Header, ltx.Trailer, error) {
 	var hdr ltx.Header
 	var tr ltx.Trailer
 	if len(data) < ltx.HeaderSize+ltx.PageHeaderSize+ltx.TrailerSize {
@@ -288,20 +320,21 @@ func (s *ltxScanner) scan(data []byte, frame func(ltxFrame)) (ltx.Header, ltx.Tr
 			return hdr, tr, fmt.Errorf("page %d: block of %d bytes runs past the end of the file", pgno, n)
 		}
 		block := data[off+framePrefixSize : off+framePrefixSize+n]
-		if m, err := lz4.UncompressBlock(block, s.page); err != nil || m != ps {
-			if err == nil {
-				err = fmt.Errorf("%d bytes, not %d", m, ps)
+		f := ltxFrame{pgno: pgno, block: block}
+		if check {
+			c, err := s.pageCRC(block)
+			if err != nil {
+				return hdr, tr, fmt.Errorf("page %d: %w", pgno, err)
 			}
-			return hdr, tr, fmt.Errorf("page %d: decompress block: %w", pgno, err)
-		}
-		c := crc64iso.Checksum(s.page)
-		crc = s.shift.Combine(crc64iso.Update(crc, data[off:off+framePrefixSize]), c)
-		if snapshot {
-			// ltx.ChecksumPage: the CRC of the big-endian pgno, then the page.
-			sum ^= s.shift.Combine(crc64iso.Update(0, data[off:off+4]), c)
+			f.crc, f.checked = c, true
+			crc = s.shift.Combine(crc64iso.Update(crc, data[off:off+framePrefixSize]), c)
+			if snapshot {
+				// ltx.ChecksumPage: the CRC of the big-endian pgno, then the page.
+				sum ^= s.shift.Combine(crc64iso.Update(0, data[off:off+4]), c)
+			}
 		}
 		pages = append(pages, entry{pgno, off, framePrefixSize + n})
-		frame(ltxFrame{pgno: pgno, block: block, crc: c})
+		frame(f)
 		off += framePrefixSize + n
 		prev = pgno
 	}
@@ -336,6 +369,9 @@ func (s *ltxScanner) scan(data []byte, frame func(ltxFrame)) (ltx.Header, ltx.Tr
 	if err := tr.UnmarshalBinary(data[end:]); err != nil {
 		return hdr, tr, err
 	}
+	if !check {
+		return hdr, tr, tr.Validate(hdr)
+	}
 	if ltx.ChecksumFlag|ltx.Checksum(crc) != tr.FileChecksum {
 		return hdr, tr, ltx.ErrChecksumMismatch
 	}
@@ -343,4 +379,24 @@ func (s *ltxScanner) scan(data []byte, frame func(ltxFrame)) (ltx.Header, ltx.Tr
 		return hdr, tr, fmt.Errorf("post-apply checksum in trailer (%s) does not match calculated checksum (%s)", tr.PostApplyChecksum, ltx.ChecksumFlag|ltx.Checksum(sum))
 	}
 	return hdr, tr, nil
+}
+
+// pageCRC decompresses one page's LZ4 block, which must give exactly a
+// page, and returns the page's CRC-64 ISO.
+func (s *ltxScanner) pageCRC(block []byte) (uint64, error) {
+	m, err := lz4.UncompressBlock(block, s.page)
+	if err == nil && m != len(s.page) {
+		err = fmt.Errorf("%d bytes, not %d", m, len(s.page))
+	}
+	if err != nil {
+		return 0, fmt.Errorf("decompress block: %w", err)
+	}
+	return crc64iso.Checksum(s.page), nil
+}
+
+// isSnapshotFile reports whether an LTX file's header says it holds a whole
+// database (TXID 1 on); a file too short for a header is not.
+func isSnapshotFile(data []byte) bool {
+	var hdr ltx.Header
+	return hdr.UnmarshalBinary(data) == nil && hdr.IsSnapshot()
 }

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -107,7 +109,7 @@ func TestMergeFramesMatchesCompactor(t *testing.T) {
 		if err != nil {
 			t.Fatalf("compactLTX %v: %v", w, err)
 		}
-		got, err := mergeFrames(context.Background(), in)
+		got, err := mergeFrames(context.Background(), in, nil)
 		if err != nil {
 			t.Fatalf("mergeFrames %v: %v", w, err)
 		}
@@ -128,7 +130,7 @@ func TestMergeFramesRefusesDamage(t *testing.T) {
 	b := c.commit(3, map[uint32][]byte{2: randomPage(r, 512)})
 	d := c.commit(4, map[uint32][]byte{1: randomPage(r, 512)})
 	ctx := context.Background()
-	good, err := mergeFrames(ctx, [][]byte{a, b, d})
+	good, err := mergeFrames(ctx, [][]byte{a, b, d}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +144,7 @@ func TestMergeFramesRefusesDamage(t *testing.T) {
 			} else {
 				inputs[2] = bad
 			}
-			got, err := mergeFrames(ctx, inputs)
+			got, err := mergeFrames(ctx, inputs, nil)
 			_, _, cerr := compactLTX(ctx, inputs)
 			switch {
 			case err == nil && cerr != nil:
@@ -153,21 +155,82 @@ func TestMergeFramesRefusesDamage(t *testing.T) {
 				t.Fatalf("byte %d of %d flipped: merged into different pages", i, len(in))
 			}
 		}
-		if _, err := mergeFrames(ctx, [][]byte{a, b, in[:len(in)-1]}); err == nil && bytes.Equal(in, d) {
+		if _, err := mergeFrames(ctx, [][]byte{a, b, in[:len(in)-1]}, nil); err == nil && bytes.Equal(in, d) {
 			t.Fatal("truncated input merged without an error")
 		}
 	}
-	if _, err := mergeFrames(ctx, [][]byte{a, d}); err == nil {
+	if _, err := mergeFrames(ctx, [][]byte{a, d}, nil); err == nil {
 		t.Fatal("a gap (txid 2 missing) merged without an error")
 	}
 	other := &ltxChain{t: t, pageSize: 512, txid: 1, sum: ltx.ChecksumFlag | 12345}
-	if _, err := mergeFrames(ctx, [][]byte{a, other.commit(3, nil)}); err == nil {
+	if _, err := mergeFrames(ctx, [][]byte{a, other.commit(3, nil)}, nil); err == nil {
 		t.Fatal("a broken checksum chain merged without an error")
 	}
 	old := bytes.Clone(b)
 	old[ltx.HeaderSize+5] = 0 // the first page's flags: no size prefix, the LZ4-frame format
-	if _, err := mergeFrames(ctx, [][]byte{a, old}); !errors.Is(err, errors.ErrUnsupported) {
+	if _, err := mergeFrames(ctx, [][]byte{a, old}, nil); !errors.Is(err, errors.ErrUnsupported) {
 		t.Fatalf("older frame format: %v, want errors.ErrUnsupported", err)
+	}
+}
+
+// TestMergeSealedInputs: a merge of commits read from the capture log
+// (sealed by the log records' CRC-64, so pages a later commit overwrites
+// are not decoded) is byte for byte the merge of the same files verified
+// whole, from the first commit (a snapshot, verified whole anyway) and
+// from the middle; a kept page that does not decompress to a whole page is
+// still refused.
+func TestMergeSealedInputs(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	c := &ltxChain{t: t, pageSize: 512}
+	s := unstartedStore(t)
+	var files [][]byte
+	for i := 0; i < 40; i++ {
+		size := uint32(4 + i/10)
+		pages := map[uint32][]byte{size: randomPage(r, 512)}
+		if i%3 == 0 {
+			pages[1] = randomPage(r, 512)
+		}
+		data := c.commit(size, pages)
+		files = append(files, data)
+		if err := s.Append("app.db", c.txid, c.txid, func(w io.Writer) error { _, err := w.Write(data); return err }, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	scratch := new([]byte) // one read buffer for every merge, as the uploader keeps one
+	var got, want [][]byte
+	windows := [][2]ltx.TXID{{1, 40}, {2, 40}, {17, 33}, {39, 40}}
+	for _, w := range windows {
+		full, err := mergeFrames(ctx, files[w[0]-1:w[1]], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		merged, hi, err := mergeLocal(ctx, s, "app.db", w[0], w[1], scratch)
+		if err != nil || hi != w[1] {
+			t.Fatalf("mergeLocal %v: up to %s, %v", w, hi, err)
+		}
+		got, want = append(got, merged), append(want, full)
+	}
+	for i, w := range windows { // after all of them: no merged file shares the read buffer
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("mergeLocal %v: %d bytes differ from the fully verified merge's %d", w, len(got[i]), len(want[i]))
+		}
+	}
+	// The last commit's first page (page 1, kept: the newest version) with
+	// a damaged LZ4 block (no literals, then a match reaching back before
+	// the page): sealed or not, the merge refuses it.
+	last := bytes.Clone(files[39])
+	if pgno := binary.BigEndian.Uint32(last[ltx.HeaderSize:]); pgno != 1 {
+		t.Fatalf("txid 40's first page is %d, want 1", pgno)
+	}
+	copy(last[ltx.HeaderSize+framePrefixSize:], []byte{0x00, 0xff, 0xff})
+	in := append(slices.Clone(files[30:39]), last)
+	sealed := make([]bool, len(in))
+	for i := range sealed {
+		sealed[i] = true
+	}
+	if _, err := mergeFrames(ctx, in, sealed); err == nil {
+		t.Fatal("merged a sealed input whose kept page does not decompress")
 	}
 }
 
@@ -185,7 +248,8 @@ func pagesOf(t *testing.T, data []byte) []byte {
 }
 
 // BenchmarkMerge compares merging 200 one-page commits of 4 KiB pages
-// through the Compactor and from the frames.
+// through the Compactor, from the frames, and from the frames of inputs
+// sealed by capture log records.
 func BenchmarkMerge(b *testing.B) {
 	r := rand.New(rand.NewPCG(5, 6))
 	c := &ltxChain{t: &testing.T{}, pageSize: 4096}
@@ -204,7 +268,18 @@ func BenchmarkMerge(b *testing.B) {
 	})
 	b.Run("frames", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := mergeFrames(context.Background(), in); err != nil {
+			if _, err := mergeFrames(context.Background(), in, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	sealed := make([]bool, len(in))
+	for i := range sealed {
+		sealed[i] = true
+	}
+	b.Run("sealed", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := mergeFrames(context.Background(), in, sealed); err != nil {
 				b.Fatal(err)
 			}
 		}

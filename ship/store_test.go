@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/superfly/ltx"
+	"golang.org/x/sys/unix"
 )
 
 // encodeLTX makes a small valid LTX file for txid with one page.
@@ -272,12 +273,15 @@ func TestStoreReadCommits(t *testing.T) {
 		appendTX(t, s, txid, false)
 		want[txid] = encodeLTX(t, txid)
 	}
-	got, err := s.ReadCommits("app.db", 2, 40, 1<<30)
+	got, sealed, err := s.ReadCommits("app.db", 2, 40, 1<<30, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 39 {
-		t.Fatalf("read %d commits from txid 2 to 40, want 39", len(got))
+	if len(got) != 39 || len(sealed) != 39 {
+		t.Fatalf("read %d commits (%d sealed flags) from txid 2 to 40, want 39", len(got), len(sealed))
+	}
+	if sealed[6-2] {
+		t.Fatal("txid 6, a large commit written as a file, reads as sealed by a log record")
 	}
 	for i, data := range got {
 		if txid := ltx.TXID(i + 2); !bytes.Equal(data, want[txid]) {
@@ -285,11 +289,142 @@ func TestStoreReadCommits(t *testing.T) {
 		}
 	}
 	one := len(want[7])
-	got, err = s.ReadCommits("app.db", 7, 40, 3*one)
+	got, _, err = s.ReadCommits("app.db", 7, 40, 3*one, nil)
 	if err != nil || len(got) != 3 || !bytes.Equal(got[2], want[9]) {
 		t.Fatalf("read of 3 commits' bytes from txid 7: %d commits, %v; want 7-9", len(got), err)
 	}
-	if _, err := s.ReadCommits("app.db", 39, 41, 1<<30); !errors.Is(err, ErrNotFound) {
+	if _, _, err := s.ReadCommits("app.db", 39, 41, 1<<30, nil); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("read past the last commit: %v, want ErrNotFound", err)
+	}
+}
+
+// unstartedStore is a Store whose commits stay in the capture log: its
+// writer goroutine is not running, so nothing is written out or trimmed.
+func unstartedStore(t *testing.T) *Store {
+	t.Helper()
+	s := &Store{FileReplica: NewFileReplica(t.TempDir()), log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		logs: map[string]*captureLog{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	t.Cleanup(func() {
+		for _, l := range s.logs {
+			unix.Close(l.fd)
+			if l.tailMapped {
+				unix.Munmap(l.tail)
+			}
+		}
+	})
+	return s
+}
+
+// TestStoreLogRecordChecked: a commit whose bytes changed in the capture
+// log after it was stored is refused by ReadLTX and ReadCommits (the
+// record's CRC-64), which is what lets a backlog merge skip decoding the
+// pages a later commit overwrites.
+func TestStoreLogRecordChecked(t *testing.T) {
+	s := unstartedStore(t)
+	for txid := ltx.TXID(1); txid <= 5; txid++ {
+		appendTX(t, s, txid, false)
+	}
+	if got, sealed, err := s.ReadCommits("app.db", 1, 5, 1<<30, nil); err != nil || len(got) != 5 || !sealed[0] || !sealed[4] {
+		t.Fatalf("read 1-5 from the log: %d commits, sealed %v, %v; want 5, all sealed", len(got), sealed, err)
+	}
+	l := s.logs["app.db"]
+	r := l.queue[2] // txid 3
+	last := encodeLTX(t, 3)
+	at := r.off + int64(ltx.HeaderSize) + 10 // inside page 1's block
+	b := []byte{last[ltx.HeaderSize+10] ^ 0x01}
+	if _, err := unix.Pwrite(l.fd, b, at); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.ReadCommits("app.db", 1, 5, 1<<30, nil); !errors.Is(err, ltx.ErrChecksumMismatch) {
+		t.Fatalf("ReadCommits over a changed record: %v, want a checksum mismatch", err)
+	}
+	if _, err := s.ReadLTX("app.db", 3, 3); !errors.Is(err, ltx.ErrChecksumMismatch) {
+		t.Fatalf("ReadLTX of a changed record: %v, want a checksum mismatch", err)
+	}
+	if _, _, err := mergeLocal(context.Background(), s, "app.db", 2, 5, nil); err == nil {
+		t.Fatal("merged a window whose capture log record changed")
+	}
+	if data, err := s.ReadLTX("app.db", 4, 4); err != nil || !bytes.Equal(data, encodeLTX(t, 4)) {
+		t.Fatalf("ReadLTX of an intact record: %v", err)
+	}
+}
+
+// TestStoreLogTail: commits read back byte for byte whether the capture
+// log's in-memory tail still holds them or they are read from the log file
+// (older than the tail), across the tail wrapping around and the log being
+// emptied and reused; what the tail holds is read from memory (the file
+// under it may change), the rest is checked against the records' CRCs.
+func TestStoreLogTail(t *testing.T) {
+	defer func(n int) { tailSize = n }(tailSize)
+	tailSize = 3000
+	s := unstartedStore(t)
+	one := len(encodeLTX(t, 1)) + recordOverhead
+	if 3000/one < 8 || 3000/one > 30 {
+		t.Fatalf("records of %d bytes: the tail holds %d, want 8-30", one, 3000/one)
+	}
+	scratch := new([]byte) // reused by every read, as the uploader does
+	read := func(lo, hi ltx.TXID) error {
+		t.Helper()
+		got, sealed, err := s.ReadCommits("app.db", lo, hi, 1<<30, scratch)
+		if err != nil {
+			return err
+		}
+		for i, data := range got {
+			if txid := lo + ltx.TXID(i); !bytes.Equal(data, encodeLTX(t, txid)) || !sealed[i] {
+				t.Fatalf("txid %s reads back as %d bytes (sealed %v), not the %d stored", txid, len(data), sealed[i], len(encodeLTX(t, txid)))
+			}
+		}
+		if len(got) != int(hi-lo+1) {
+			t.Fatalf("read %d commits of %s-%s", len(got), lo, hi)
+		}
+		return nil
+	}
+	for txid := ltx.TXID(1); txid <= 5; txid++ {
+		appendTX(t, s, txid, false)
+	}
+	if err := read(1, 5); err != nil { // from the file; the tail starts here
+		t.Fatal(err)
+	}
+	for txid := ltx.TXID(6); txid <= 60; txid++ {
+		appendTX(t, s, txid, false)
+		if txid%7 == 0 {
+			if err := read(max(1, txid-5), txid); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, w := range [][2]ltx.TXID{{1, 60}, {50, 60}, {60, 60}, {3, 20}} {
+		if err := read(w[0], w[1]); err != nil {
+			t.Fatalf("%v: %v", w, err)
+		}
+	}
+	// Overwrite the whole log file: the newest commits still read back
+	// right (from the tail), older ones fail their CRC.
+	l := s.logs["app.db"]
+	junk := bytes.Repeat([]byte{0x5a}, int(l.size))
+	if _, err := unix.Pwrite(l.fd, junk, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := read(57, 60); err != nil {
+		t.Fatalf("the tail's commits: %v", err)
+	}
+	if err := read(1, 5); !errors.Is(err, ltx.ErrChecksumMismatch) {
+		t.Fatalf("commits older than the tail, log overwritten: %v, want a checksum mismatch", err)
+	}
+	// Empty the log (as after a burst, once written out) and reuse it.
+	l.queue = nil
+	s.backlog = 0
+	s.trim(true)
+	if l.size != 0 {
+		t.Fatalf("log not emptied: size %d", l.size)
+	}
+	for txid := ltx.TXID(61); txid <= 70; txid++ {
+		appendTX(t, s, txid, false)
+	}
+	if err := read(61, 70); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := s.ReadLTX("app.db", 65, 65); err != nil || !bytes.Equal(data, encodeLTX(t, 65)) {
+		t.Fatalf("ReadLTX of txid 65 after the log was reused: %v", err)
 	}
 }

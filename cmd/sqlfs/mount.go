@@ -51,7 +51,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	dbName := fset.String("db", "", "with -at-txid or -at-time: the database `NAME` in the data dir or replica")
 	pageCacheMiB := fset.Int64("page-cache-mib", 2048, "with -at-txid or -at-time from an s3:// replica: keep at most `MIB` MiB of fetched pages on disk")
 	var shipOpt ship.Options
-	fset.IntVar(&shipOpt.MaxBacklog, "max-backlog", 1000, "merge the commits waiting for the replica into one LTX file once more than `N` wait (0: never)")
+	fset.IntVar(&shipOpt.MaxBacklog, "max-backlog", 1000, "merge the commits waiting for the replica into one LTX file once more than `N` wait, or sooner when they clearly arrive faster than one-commit uploads carry them (0: never)")
 	fset.DurationVar(&shipOpt.MaxLag, "max-lag", 0, "merge the commits waiting for the replica once the oldest has waited this long (0: never)")
 	fset.Float64Var(&shipOpt.MaxPutRate, "max-put-rate", 0, "at most `N` uploads a second; commits that wait for one go up merged (0: no limit)")
 	levelFlags := addLevelFlags(fset)
