@@ -228,6 +228,9 @@ replication_run() {
 	done
 }
 
+# num V prints V to 4 significant digits, without an exponent (tx/s).
+num() { awk -v v="$1" 'BEGIN { if (v >= 1000 || v <= -1000) printf "%.0f", v; else printf "%.4g", v }'; }
+
 # med_spread "V V V" prints the median and, with more than one value, the range.
 med_spread() {
 	local vals sorted med
@@ -235,9 +238,9 @@ med_spread() {
 	med=$(printf '%s\n' "${vals[@]}" | median)
 	sorted=$(printf '%s\n' "${vals[@]}" | sort -g | tr '\n' ' ')
 	if ((${#vals[@]} > 1)); then
-		printf '%s (%s–%s)' "$(printf '%.4g' "$med")" "$(printf '%.4g' "${sorted%% *}")" "$(printf '%.4g' "$(awk '{ print $NF }' <<<"$sorted")")"
+		printf '%s (%s–%s)' "$(num "$med")" "$(num "${sorted%% *}")" "$(num "$(awk '{ print $NF }' <<<"$sorted")")"
 	else
-		printf '%.4g' "$med"
+		num "$med"
 	fi
 }
 
