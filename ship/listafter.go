@@ -46,17 +46,20 @@ func (r *S3Replica) LTXFilesAfter(ctx context.Context, db string, level int, aft
 	return r.listLevelUpTo(ctx, db, level, after, 0)
 }
 
-// LTXFilesBetween lists db's files at level with after < MinTXID <= upTo.
-// On S3 it stops paging once a page ends past upTo, so it costs one request
-// for the first thousand files after after, however many follow; a server
-// that does not list keys in order may then leave some out. Elsewhere it
-// filters LTXFilesAfter, unless the replica lists a range itself.
+// LTXFilesBetween stops paging once a page ends past upTo, so it costs one
+// request for the first thousand files after after, however many follow; a
+// server that does not list keys in order may then leave some out.
+func (r *S3Replica) LTXFilesBetween(ctx context.Context, db string, level int, after, upTo ltx.TXID) ([]*ltx.FileInfo, error) {
+	return r.listLevelUpTo(ctx, db, level, after, upTo)
+}
+
+// LTXFilesBetween lists db's files at level with after < MinTXID <= upTo:
+// through the replica's own range listing where it has one (S3, a file
+// replica, Local), else by filtering LTXFilesAfter.
 func LTXFilesBetween(ctx context.Context, r Replica, db string, level int, after, upTo ltx.TXID) ([]*ltx.FileInfo, error) {
 	var infos []*ltx.FileInfo
 	var err error
-	if s3r, ok := r.(*S3Replica); ok {
-		infos, err = s3r.listLevelUpTo(ctx, db, level, after, upTo)
-	} else if lb, ok := r.(listerBetween); ok {
+	if lb, ok := r.(listerBetween); ok {
 		infos, err = lb.LTXFilesBetween(ctx, db, level, after, upTo)
 	} else {
 		infos, err = LTXFilesAfter(ctx, r, db, level, after)
@@ -74,10 +77,17 @@ func LTXFilesBetween(ctx context.Context, r Replica, db string, level int, after
 }
 
 // listerBetween is a replica that lists the files of a level in a TXID
-// range without looking at the others (FileReplica, Local: no stat each).
+// range without looking at the others (S3: no page past the range;
+// FileReplica, Local: no stat each).
 type listerBetween interface {
 	LTXFilesBetween(ctx context.Context, db string, level int, after, upTo ltx.TXID) ([]*ltx.FileInfo, error)
 }
+
+var (
+	_ listerBetween = (*S3Replica)(nil)
+	_ listerBetween = (*FileReplica)(nil)
+	_ listerBetween = (*Local)(nil)
+)
 
 // listLevel lists a level's files with MinTXID > after, following
 // pagination.
