@@ -135,6 +135,19 @@ func (l *captureLog) keep(b []byte, off int64) {
 	l.tailFrom = max(l.tailFrom, off-n)
 }
 
+// readAt reads len(buf) bytes of the log file at off; a short read is an
+// error.
+func (l *captureLog) readAt(buf []byte, off int64) error {
+	m, err := unix.Pread(l.fd, buf, off)
+	if err == nil && m != len(buf) {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return &os.PathError{Op: "read", Path: l.path, Err: err}
+	}
+	return nil
+}
+
 // fromTail copies log bytes [off, off+len(buf)) out of the tail into buf,
 // and reports whether the tail held them.
 func (l *captureLog) fromTail(buf []byte, off int64) bool {
@@ -227,19 +240,13 @@ func (s *Store) ReadLTX(db string, minTXID, maxTXID ltx.TXID) ([]byte, error) {
 		for i := len(l.queue) - 1; i >= 0; i-- {
 			if r := l.queue[i]; r.min == minTXID && r.max == maxTXID {
 				buf := make([]byte, r.n+8)
-				var m int
 				var err error
-				if l.fromTail(buf, r.off) {
-					m = len(buf)
-				} else {
-					m, err = unix.Pread(l.fd, buf, r.off)
+				if !l.fromTail(buf, r.off) {
+					err = l.readAt(buf, r.off)
 				}
 				s.mu.Unlock()
-				if err == nil && m != len(buf) {
-					err = io.ErrUnexpectedEOF
-				}
 				if err != nil {
-					return nil, &os.PathError{Op: "read", Path: l.path, Err: err}
+					return nil, err
 				}
 				if err := checkRecord(buf, r); err != nil {
 					return nil, fmt.Errorf("%s: %w", l.path, err)
@@ -354,12 +361,8 @@ func (s *Store) readLogged(db string, minTXID, maxTXID ltx.TXID, maxBytes int, s
 			l.pins--
 			s.mu.Unlock()
 		}()
-		m, err := unix.Pread(l.fd, buf, first.off)
-		if err == nil && m != len(buf) {
-			err = io.ErrUnexpectedEOF
-		}
-		if err != nil {
-			return nil, &os.PathError{Op: "read", Path: l.path, Err: err}
+		if err := l.readAt(buf, first.off); err != nil {
+			return nil, err
 		}
 	}
 	out := make([][]byte, len(run))
@@ -565,10 +568,7 @@ func (s *Store) writeOut() bool {
 			s.rbuf = make([]byte, r.n)
 		}
 		data := s.rbuf[:r.n]
-		m, err := unix.Pread(l.fd, data, r.off)
-		if err == nil && m != r.n {
-			err = io.ErrUnexpectedEOF
-		}
+		err := l.readAt(data, r.off)
 		if err == nil {
 			err = s.writeFile(l.db, r, data)
 		}
