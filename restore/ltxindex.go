@@ -195,14 +195,19 @@ func (f *fileIndex) verifyWhole(file []byte) error {
 			sum ^= crc64iso.Update(crc64iso.Checksum(pb[:]), page)
 		}
 	}
-	crc = crc64iso.Combine(crc, f.tailSum, f.tailLen)
-	if got := ltx.ChecksumFlag | ltx.Checksum(crc); got != f.trailer.FileChecksum {
+	if got := f.fileChecksum(crc); got != f.trailer.FileChecksum {
 		return f.corrupt(fmt.Errorf("file checksum %s does not match %s in its trailer", got, f.trailer.FileChecksum))
 	}
 	if got := ltx.ChecksumFlag | ltx.Checksum(sum); snapshot && got != f.trailer.PostApplyChecksum {
 		return f.corrupt(fmt.Errorf("snapshot checksum %s does not match post-apply checksum %s in its trailer", got, f.trailer.PostApplyChecksum))
 	}
 	return nil
+}
+
+// fileChecksum is the file checksum of f given crc, the CRC-64 of its
+// header and page frames (as hashed: each frame's header, then its page).
+func (f *fileIndex) fileChecksum(crc uint64) ltx.Checksum {
+	return ltx.ChecksumFlag | ltx.Checksum(crc64iso.Combine(crc, f.tailSum, f.tailLen))
 }
 
 // read fetches n bytes of the file at off. It changes nothing in f, so two

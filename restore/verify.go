@@ -205,8 +205,7 @@ func (f *fileIndex) settle() (bool, error) {
 	default:
 		return false, nil // not all hashed yet
 	}
-	crc = crc64iso.Combine(crc, f.tailSum, f.tailLen)
-	if got := ltx.ChecksumFlag | ltx.Checksum(crc); got != f.trailer.FileChecksum {
+	if got := f.fileChecksum(crc); got != f.trailer.FileChecksum {
 		c.err = errorf(ErrChecksumMismatch, "%s: file checksum %s does not match %s in its trailer: the file is corrupt", f.path, got, f.trailer.FileChecksum)
 		c.runs = nil
 		return true, c.err
